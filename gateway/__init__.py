@@ -1,0 +1,1 @@
+"""gateway: a Twisted multiprotocol gateway with nginx upstream semantics."""

@@ -1,0 +1,1 @@
+"""HTTP: server protocols, exchanges, routing, the upstream client and the proxy handler."""

@@ -1,0 +1,148 @@
+"""The Exchange: one client request and its response, whatever protocol carried it.
+
+HTTP/1.1 (``gateway.http.h1``) and, later, HTTP/2 produce exchanges; routing and every
+handler consume them. This module owns the data types and the interfaces between the
+two sides; it does no I/O and knows no framing:
+
+- the server protocol fills a :class:`RequestHead` (validated: Host normalised, body
+  framing known, smuggling attempts already refused) and :class:`ConnectionInfo`;
+- the handler reads the request body through :meth:`Exchange.read_body` (flow-controlled
+  by ``pause_body``/``resume_body``) and answers through ``send_head`` / ``send_body`` /
+  ``finish`` (or ``abort`` when the response cannot be completed, so the client can
+  tell it is truncated);
+- the server protocol decides framing (Content-Length, chunked, close-delimited),
+  ``Connection``, ``Date`` and ``Server``; handlers never write those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+Headers = list  # list[tuple[bytes, bytes]]: names as received (case kept), values raw
+
+
+@dataclass
+class ConnectionInfo:
+    """Addresses of one client connection (``$remote_addr`` … ``$server_port``)."""
+
+    remote_addr: str          # "127.0.0.1", "::1", or "unix:" for unix sockets
+    remote_port: int          # 0 for unix sockets
+    server_addr: str
+    server_port: int
+    scheme: str = "http"      # "https" on TLS listeners
+    listener: str = ""        # the endpoint description this connection arrived on
+
+
+@dataclass
+class RequestHead:
+    """A parsed, validated request head.
+
+    ``target`` is the request-target exactly as sent (``$request_uri``). ``path`` is the
+    normalised, percent-decoded path (``$uri``) and ``args`` the query string without
+    ``?`` (``$args``); both come from ``gateway.http.uri.normalize``. ``host`` is the
+    validated, lower-cased host without port or trailing dot (from the absolute-form
+    target if any, else the Host header), or ``""`` when neither was given (HTTP/1.0).
+    """
+
+    method: str
+    target: str
+    path: str
+    args: str
+    version: str                       # "1.0" or "1.1"
+    headers: Headers
+    host: str = ""
+    content_length: Optional[int] = None
+    chunked: bool = False
+    keep_alive: bool = True
+    expect_continue: bool = False
+
+    def header(self, name: bytes) -> Optional[bytes]:
+        """The first value of header ``name`` (lower-case bytes), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == name]
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class BodyReceiver(Protocol):
+    """What a handler gives :meth:`Exchange.read_body` to receive the request body."""
+
+    def body_data(self, data: bytes) -> None: ...
+
+    def body_end(self) -> None: ...
+
+    def body_error(self, reason: str) -> None:
+        """The body will not complete (client gone, 408, 413); the server protocol
+        answers the client itself where it still can."""
+
+
+class Exchange(Protocol):
+    """One request/response pair as handlers see it."""
+
+    request: RequestHead
+    connection: ConnectionInfo
+    start_time: float                  # clock seconds when the request head was complete
+    request_id: str                    # 32 hex digits ($request_id)
+    # filled in by the handler side for logs and variables:
+    variables: dict                    # handler-set values: "upstream_addr", "upstream_status", …
+    # response progress (kept by the server protocol):
+    status: int                        # 0 until send_head
+    body_bytes_sent: int
+    bytes_sent: int
+
+    def read_body(self, receiver: BodyReceiver) -> None:
+        """Start delivering the request body to ``receiver``. Sends ``100 Continue``
+        first when the client asked for it. For a request without a body,
+        ``receiver.body_end()`` is called at once."""
+
+    def pause_body(self) -> None: ...
+
+    def resume_body(self) -> None: ...
+
+    def send_head(self, status: int, headers: Headers, reason: Optional[bytes] = None) -> None:
+        """Start the response. ``headers`` are end-to-end headers only; a
+        ``Content-Length`` among them is honoured for framing."""
+
+    def send_body(self, data: bytes) -> None: ...
+
+    def finish(self) -> None:
+        """The response is complete. Further pipelined requests may proceed."""
+
+    def abort(self) -> None:
+        """The response cannot be completed: close the connection without a proper end
+        (no final chunk), so the client sees a truncated response."""
+
+    def send_error(self, status: int, headers: Headers = ()) -> None:
+        """A complete error response with nginx's HTML body for ``status``."""
+
+    def register_producer(self, producer) -> None:
+        """Backpressure for the response: ``producer.pauseProducing()`` is called
+        while the client is not keeping up (a streaming IPushProducer)."""
+
+    def unregister_producer(self) -> None: ...
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` if the client connection goes away before ``finish``."""
+
+
+#: A handler takes an exchange and answers it, now or later.
+Handler = Callable[[Exchange], None]
+
+
+@dataclass
+class UpstreamState:
+    """Per-request upstream bookkeeping for ``$upstream_*`` variables: one entry per
+    tried peer, in order."""
+
+    addrs: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    connect_times: list[str] = field(default_factory=list)
+    header_times: list[str] = field(default_factory=list)
+    response_times: list[str] = field(default_factory=list)
