@@ -1,0 +1,420 @@
+"""The ``proxy_pass`` handler: one request relayed to a peer, with nginx's retry rules.
+
+Theory of operation. A :class:`ProxyRequest` lives for one client exchange. It takes a
+peer from the upstream group (``acquire``), gets a connection for it (keepalive pool or
+a fresh connect), sends the request head and body, and relays the response. Every
+attempt ends with exactly one ``lease.release(outcome)``. Between attempts it applies
+``proxy_next_upstream`` exactly as nginx's ``ngx_http_upstream_next`` does:
+
+- ``error``, ``timeout`` and ``invalid_header`` always count as a failure of the peer;
+  they are retried only when listed. ``http_500|502|503|504|429`` retry when listed and
+  then count as failures, ``http_403|404`` retry but never count (``Outcome.NEXT``).
+- no retry when no try is left, after ``proxy_next_upstream_timeout``, for POST, LOCK
+  and PATCH once the request was sent unless ``non_idempotent`` is listed, once part of
+  an unbuffered request body was sent, and never once response bytes reached the client.
+- a reused keepalive connection that fails before answering a single byte was stale:
+  the same peer is tried again on a fresh connection, without using up a try.
+
+When no retry is possible the client gets 502 (504 for timeouts), or the last upstream
+response when the condition was a status. With ``proxy_request_buffering`` the body is
+read completely first (and re-sent in full on a retry); without it the body streams with
+backpressure both ways. With ``proxy_buffering`` the response goes through a
+:class:`~gateway.http.spool.ResponseSpool`; without it the upstream connection is paused
+while the client is slow.
+
+Header construction, routing, the upstream client and the balancer live elsewhere; this
+module only sequences them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from twisted.logger import Logger
+
+from gateway.http.client import UpstreamError
+from gateway.http.exchange import UpstreamState
+from gateway.http.headers import RequestHeaderPlan, ResponseHeaderPlan
+from gateway.http.routing import upstream_uri
+from gateway.http.spool import ResponseSpool
+from gateway.http.variables import VariableContext
+from gateway.upstream import Outcome, PickContext
+
+log = Logger()
+
+_NON_IDEMPOTENT = frozenset({"POST", "LOCK", "PATCH"})
+# statuses proxy_next_upstream can name, and whether a retry on them is a peer failure
+_STATUS_CONDITIONS = {
+    500: ("http_500", Outcome.FAILED),
+    502: ("http_502", Outcome.FAILED),
+    503: ("http_503", Outcome.FAILED),
+    504: ("http_504", Outcome.FAILED),
+    429: ("http_429", Outcome.FAILED),
+    403: ("http_403", Outcome.NEXT),
+    404: ("http_404", Outcome.NEXT),
+}
+
+
+def _ms(seconds: float) -> str:
+    return "%.3f" % max(seconds, 0.0)
+
+
+class ProxyHandler:
+    """The handler of one ``proxy_pass`` location: shared, precompiled parts."""
+
+    def __init__(self, location, group, pool, connector, clock):
+        self.location = location
+        self.group = group
+        self.pool = pool
+        self.connector = connector
+        self.clock = clock
+        keepalive = group.settings.keepalive > 0
+        self.request_plan = RequestHeaderPlan(location, keepalive=keepalive)
+        self.response_plan = ResponseHeaderPlan(location)
+        self.proxy_host = group.name
+
+    def __call__(self, exchange) -> None:
+        ProxyRequest(self, exchange).start()
+
+
+class ProxyRequest:
+    """One client request being proxied (a BodyReceiver and a ResponseHandler)."""
+
+    def __init__(self, handler: ProxyHandler, exchange):
+        self.h = handler
+        self.exchange = exchange
+        self.location = handler.location
+        self.clock = handler.clock
+        self.request = exchange.request
+        self.method = self.request.method
+        self.state = UpstreamState()
+        exchange.variables["upstream"] = self.state
+        exchange.variables["proxy_host"] = handler.proxy_host
+        self.ctx = VariableContext(exchange, self.clock)
+        self.attempts = None
+        self.lease = None
+        self.conn = None
+        self.body: Optional[list[bytes]] = None   # the buffered request body
+        self.body_complete = False
+        self.request_sent = False       # any byte of this request went to a peer
+        self.streamed_body = False      # part of an unbuffered body went upstream
+        self.client_started = False     # response bytes reached the client
+        self.spool: Optional[ResponseSpool] = None
+        self.done = False
+        self.try_start = 0.0
+
+    # -- start --------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started = self.clock.seconds()
+        self.attempts = self.h.group.attempts(self.location.proxy_next_upstream_tries)
+        self.uri = upstream_uri(
+            self.location.proxy_pass, self.location,
+            self.request.target, self.request.path, self.request.args,
+        )
+        self.exchange.on_close(self._client_gone)
+        if self.request.has_body and self.location.proxy_request_buffering:
+            self.body = []
+            self.exchange.read_body(_BufferedBody(self))
+        else:
+            self.body_complete = not self.request.has_body
+            self._next_peer()
+
+    def _buffered_body_done(self) -> None:
+        self.body_complete = True
+        self._next_peer()
+
+    # -- choosing a peer and a connection --------------------------------------
+
+    def _next_peer(self) -> None:
+        if self.done:
+            return
+        self.lease = self.h.group.acquire(
+            self.attempts, PickContext(remote_addr=self.exchange.connection.remote_addr)
+        )
+        if self.lease is None:
+            log.error(
+                "no live upstreams while connecting to upstream {upstream}",
+                upstream=self.h.group.name,
+            )
+            self.state.addrs.append(self.h.group.name)
+            self.state.statuses.append("502")
+            self._fail_client(502)
+            return
+        self.state.addrs.append(self.lease.peer.name)
+        self._connect(allow_pooled=True)
+
+    def _connect(self, allow_pooled: bool) -> None:
+        self.try_start = self.clock.seconds()
+        self.request_sent = False
+        peer = self.lease.peer
+        conn = self.h.pool.take(peer.name) if allow_pooled else None
+        if conn is not None:
+            self._connected(conn)
+            return
+        d = self.h.connector.connect(peer.address, self.location.proxy_connect_timeout)
+        d.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_failed(self, failure) -> None:
+        error = failure.value
+        if not isinstance(error, UpstreamError):
+            error = UpstreamError("error", str(error))
+        if self.done:
+            return
+        self._attempt_failed(error)
+
+    def _connected(self, conn) -> None:
+        if self.done:
+            conn.close()
+            return
+        self.conn = conn
+        self.state.connect_times.append(_ms(self.clock.seconds() - self.try_start))
+        self.request_sent = True
+        if self.request.has_body and not self.location.proxy_request_buffering:
+            framing = "length" if self.request.content_length is not None else "chunked"
+        elif self.body:
+            framing = "length"
+        else:
+            framing = "none"
+        head = self.h.request_plan.build(
+            self.exchange, self.ctx, self.method, self.uri, self._framing_headers(framing)
+        )
+        conn.send_request(
+            head, self, method=self.method, body=framing,
+            read_timeout=self.location.proxy_read_timeout,
+            send_timeout=self.location.proxy_send_timeout,
+        )
+        if framing == "length" and self.body is not None:
+            for chunk in self.body:
+                conn.write_body(chunk)
+            conn.end_body()
+        elif framing != "none":
+            self._stream_body(conn)
+
+    def _framing_headers(self, framing: str) -> list:
+        if framing == "none":
+            if self.method in ("POST", "PUT", "PATCH"):
+                return [(b"Content-Length", b"0")]
+            return []
+        if framing == "chunked":
+            return [(b"Transfer-Encoding", b"chunked")]
+        if self.body is not None:
+            length = sum(len(c) for c in self.body)
+        else:
+            length = self.request.content_length
+        return [(b"Content-Length", str(length).encode())]
+
+    def _stream_body(self, conn) -> None:
+        """proxy_request_buffering off: the client body flows to the peer as it comes."""
+        self.streamed_body = True
+        conn.set_body_producer(_ExchangeBodyProducer(self.exchange))
+        self.exchange.read_body(_StreamedBody(self, conn))
+
+    # -- ResponseHandler --------------------------------------------------------
+
+    def response_head(self, head) -> None:
+        if self.done:
+            return
+        now = self.clock.seconds()
+        self.state.statuses.append(str(head.status))
+        self.state.header_times.append(_ms(now - self.try_start))
+        condition = _STATUS_CONDITIONS.get(head.status)
+        if condition is not None and condition[0] in self.location.proxy_next_upstream:
+            if self._may_retry(condition[0], last_try_allowed=False):
+                self._record_response_time()
+                self._end_attempt(condition[1], close=True)
+                self._next_peer()
+                return
+        headers = self.h.response_plan.filter(head.headers)
+        self.h.response_plan.add(headers, self.ctx)
+        self.client_started = True
+        if self.location.proxy_buffering:
+            self.spool = ResponseSpool(
+                self.exchange, self.conn.pause_reading, self.conn.resume_reading
+            )
+            self.exchange.register_producer(self.spool)
+        else:
+            self.exchange.register_producer(self.conn.producer)
+        self.exchange.send_head(head.status, headers, head.reason or None)
+
+    def response_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self.spool is not None:
+            self.spool.write(data)
+        else:
+            self.exchange.send_body(data)
+
+    def response_end(self) -> None:
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        peer_name = self.lease.peer.name
+        self._record_response_time()
+        self._release(Outcome.OK)
+        if conn.reusable:
+            self.h.pool.put(peer_name, conn)
+        else:
+            conn.close()
+        self.done = True
+        if self.spool is not None:
+            self.spool.finish()
+        else:
+            self.exchange.unregister_producer()
+            self.exchange.finish()
+
+    def response_error(self, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self._attempt_failed(error)
+
+    # -- failures and retries ------------------------------------------------
+
+    def _attempt_failed(self, error: UpstreamError) -> None:
+        log.warn(
+            "{message} (upstream {peer}, request \"{method} {uri}\")",
+            message=error.message or error.kind, peer=self._peer_name(),
+            method=self.method, uri=self.request.target,
+        )
+        if self.client_started:
+            # Response bytes are with the client: nothing can be retried and the
+            # client must see a truncated response, never a clean end.
+            self._record_response_time()
+            self._end_attempt(Outcome.FAILED, close=True)
+            self.done = True
+            if self.spool is not None:
+                self.spool.stopProducing()
+            self.exchange.unregister_producer()
+            self.exchange.abort()
+            return
+        if self._stale(error):
+            self.state.connect_times.pop()
+            self._close_conn()
+            self._connect(allow_pooled=False)
+            return
+        self.state.statuses.append("504" if error.kind == "timeout" else "502")
+        self._record_response_time()
+        self._end_attempt(Outcome.FAILED, close=True)
+        if error.kind in self.location.proxy_next_upstream and self._may_retry(error.kind):
+            self._next_peer()
+            return
+        self._fail_client(504 if error.kind == "timeout" else 502)
+
+    def _stale(self, error: UpstreamError) -> bool:
+        """A pooled connection the peer had closed: retry once on a fresh connection."""
+        return (
+            self.conn is not None and self.conn.reused and error.nothing_received
+            and error.kind == "error" and not self.streamed_body
+        )
+
+    def _may_retry(self, condition: str, last_try_allowed: bool = True) -> bool:
+        """nginx's checks in ngx_http_upstream_next / ngx_http_upstream_test_next.
+
+        A status condition is tested before the attempt's lease is released (so a try
+        must remain besides the current one); a connection condition after it.
+        """
+        tries = self.attempts.tries if last_try_allowed else self.attempts.tries - 1
+        if tries <= 0:
+            return False
+        if self.request_sent and self.method in _NON_IDEMPOTENT:
+            if "non_idempotent" not in self.location.proxy_next_upstream:
+                return False
+        if self.streamed_body and self.request_sent:
+            return False
+        timeout = self.location.proxy_next_upstream_timeout
+        if timeout and self.clock.seconds() - self.started >= timeout:
+            return False
+        return True
+
+    def _end_attempt(self, outcome: Outcome, close: bool) -> None:
+        if close:
+            self._close_conn()
+        self._release(outcome)
+
+    def _release(self, outcome: Outcome) -> None:
+        lease, self.lease = self.lease, None
+        if lease is not None:
+            lease.release(outcome)
+
+    def _close_conn(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.set_body_producer(None)
+            conn.close()
+
+    def _record_response_time(self) -> None:
+        self.state.response_times.append(_ms(self.clock.seconds() - self.try_start))
+
+    def _peer_name(self) -> str:
+        return self.lease.peer.name if self.lease is not None else self.h.group.name
+
+    def _fail_client(self, status: int) -> None:
+        self.done = True
+        headers: list = []
+        self.h.response_plan.add(headers, self.ctx)
+        self.exchange.send_error(status, headers)
+
+    # -- the client side --------------------------------------------------------
+
+    def _client_gone(self) -> None:
+        """The client closed: stop, and release the peer without blaming it (499)."""
+        if self.spool is not None:
+            self.spool.stopProducing()
+        if self.done:
+            return
+        self.done = True
+        if self.lease is not None:
+            self._record_response_time()
+        self._close_conn()
+        self._release(Outcome.OK)
+
+
+class _BufferedBody:
+    """BodyReceiver collecting the whole request body before the first attempt."""
+
+    def __init__(self, request: ProxyRequest):
+        self.request = request
+
+    def body_data(self, data: bytes) -> None:
+        self.request.body.append(data)
+
+    def body_end(self) -> None:
+        self.request._buffered_body_done()
+
+    def body_error(self, reason: str) -> None:
+        self.request.done = True
+
+
+class _StreamedBody:
+    """BodyReceiver forwarding body bytes straight to the upstream connection."""
+
+    def __init__(self, request: ProxyRequest, conn):
+        self.request = request
+        self.conn = conn
+
+    def body_data(self, data: bytes) -> None:
+        if self.request.conn is self.conn:
+            self.conn.write_body(data)
+
+    def body_end(self) -> None:
+        self.request.body_complete = True
+        if self.request.conn is self.conn:
+            self.conn.end_body()
+
+    def body_error(self, reason: str) -> None:
+        self.request._client_gone()
+
+
+class _ExchangeBodyProducer:
+    """The client body as a push producer, for the upstream transport's backpressure."""
+
+    def __init__(self, exchange):
+        self.exchange = exchange
+
+    def pauseProducing(self) -> None:
+        self.exchange.pause_body()
+
+    def resumeProducing(self) -> None:
+        self.exchange.resume_body()
+
+    def stopProducing(self) -> None:
+        pass

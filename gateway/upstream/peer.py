@@ -1,0 +1,106 @@
+"""One upstream peer and its passive health state (nginx's ``ngx_http_upstream_rr_peer_t``).
+
+This module owns a peer's counters and the two rules every balancing method shares:
+whether a peer may be tried now (``Peer.available``), and what the end of an attempt
+does to it (``Peer.record``, the body of nginx's
+``ngx_http_upstream_free_round_robin_peer``). It does not choose peers (``balancers/``),
+keep per-request state or count connections (``group.py``), or log.
+
+Times are the injected clock's seconds (floats); nginx uses whole seconds, the rules
+are otherwise the same:
+
+- a failure sets ``fails += 1`` and ``accessed = checked = now``, and lowers
+  ``effective_weight`` by ``weight // max_fails`` (not below 0); a balancer raises it
+  again by 1 each time it considers the peer;
+- with ``max_fails`` failures and ``now - checked <= fail_timeout`` the peer is skipped;
+- once ``fail_timeout`` has passed, the next pick sets ``checked = now``: that request
+  is the one probe for the next ``fail_timeout``;
+- a success (or ``NEXT``) resets ``fails`` only when ``accessed < checked``, i.e. when
+  it is such a probe. Successes inside the window leave the count alone.
+
+``max_fails = 0`` turns the rules off: ``fails`` still counts (as in nginx) but never
+makes the peer unavailable and never lowers its weight.
+"""
+from __future__ import annotations
+
+from gateway.config.model import Address, PeerSettings
+from gateway.upstream._interfaces import Outcome
+
+
+class Peer:
+    """A server of an upstream group, shared by every request to that group."""
+
+    __slots__ = (
+        "settings", "address", "name", "weight", "effective_weight",
+        "current_weight", "conns", "fails", "accessed", "checked", "max_fails",
+        "fail_timeout", "max_conns", "down", "backup", "requests", "failures",
+    )
+
+    def __init__(self, settings: PeerSettings):
+        self.settings = settings
+        self.address: Address = settings.address
+        self.name: str = settings.address.text
+        self.weight: int = settings.weight
+        self.effective_weight: int = settings.weight
+        self.current_weight: int = 0
+        self.conns: int = 0
+        self.fails: int = 0
+        self.accessed: float = 0.0     # time of the last failure
+        self.checked: float = 0.0      # start of the current failure window / probe
+        self.max_fails: int = settings.max_fails
+        self.fail_timeout: float = settings.fail_timeout
+        self.max_conns: int = settings.max_conns
+        self.down: bool = settings.down
+        self.backup: bool = settings.backup
+        # Totals for status pages and metrics; nginx has no equivalent of these two.
+        self.requests: int = 0
+        self.failures: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Peer {self.name} weight={self.weight}/{self.effective_weight}"
+            f" current={self.current_weight} conns={self.conns} fails={self.fails}"
+            f"{' down' if self.down else ''}{' backup' if self.backup else ''}>"
+        )
+
+    def failed_at(self, now: float) -> bool:
+        """True while ``max_fails`` failures keep the peer out (inside ``fail_timeout``)."""
+        return bool(
+            self.max_fails
+            and self.fails >= self.max_fails
+            and now - self.checked <= self.fail_timeout
+        )
+
+    def at_max_conns(self) -> bool:
+        return bool(self.max_conns and self.conns >= self.max_conns)
+
+    def available(self, now: float) -> bool:
+        """May a new attempt go to this peer? (Whether *this request* already tried
+        it is the request's business: ``Attempts.eligible``.)"""
+        return not self.down and not self.failed_at(now) and not self.at_max_conns()
+
+    def start_probe_if_due(self, now: float) -> None:
+        """Called when the peer is picked: once ``fail_timeout`` has passed since the
+        window began, this pick opens a new window (and is the probe if it had failed)."""
+        if now - self.checked > self.fail_timeout:
+            self.checked = now
+
+    def record(self, outcome: Outcome, now: float) -> bool:
+        """Account for the end of an attempt (not the connection count: see ``Lease``).
+
+        Returns True when this failure leaves the peer temporarily disabled
+        (``fails >= max_fails``), so the caller can log it as nginx does.
+        """
+        if outcome is not Outcome.FAILED:
+            if self.accessed < self.checked:
+                self.fails = 0
+            return False
+
+        self.failures += 1
+        self.fails += 1
+        self.accessed = now
+        self.checked = now
+        if not self.max_fails:
+            return False
+        self.effective_weight = max(0, self.effective_weight - self.weight // self.max_fails)
+        return self.fails >= self.max_fails
