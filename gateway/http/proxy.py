@@ -300,10 +300,18 @@ class ProxyRequest:
         self._fail_client(504 if error.kind == "timeout" else 502)
 
     def _stale(self, error: UpstreamError) -> bool:
-        """A pooled connection the peer had closed: retry once on a fresh connection."""
+        """A pooled connection the peer had closed: retry once on a fresh connection.
+
+        The peer may have seen the request before closing, so a non-idempotent request
+        is re-sent only when ``non_idempotent`` allows it, as for any other retry.
+        """
         return (
             self.conn is not None and self.conn.reused and error.nothing_received
             and error.kind == "error" and not self.streamed_body
+            and (
+                self.method not in _NON_IDEMPOTENT
+                or "non_idempotent" in self.location.proxy_next_upstream
+            )
         )
 
     def _may_retry(self, condition: str, last_try_allowed: bool = True) -> bool:

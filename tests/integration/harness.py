@@ -296,12 +296,27 @@ class RawClient(protocol.Protocol):
         return d.addTimeout(timeout, reactor)
 
 
+_open_clients: list[RawClient] = []
+
+
 async def connect(port: int) -> RawClient:
     client = RawClient()
     await protocol.ClientCreator(reactor, lambda: client).connectTCP(
         "127.0.0.1", port, timeout=WAIT
     )
+    _open_clients.append(client)
     return client
+
+
+def close_clients() -> defer.Deferred:
+    """Close every client the harness opened (a test cleanup)."""
+    waits = []
+    while _open_clients:
+        client = _open_clients.pop()
+        if not client.is_closed:
+            client.transport.loseConnection()
+            waits.append(client.wait_closed())
+    return defer.gatherResults(waits)
 
 
 async def request(port: int, raw: bytes, count: int = 1) -> tuple[RawClient, list[Response]]:
@@ -344,5 +359,6 @@ async def start_gateway(testcase, toml: str, backends=(), **addresses) -> tuple[
     service = GatewayService(config, reactor)
     service.startService()
     testcase.addCleanup(service.stopService)
+    testcase.addCleanup(close_clients)     # runs first: cleanups are last in, first out
     ports = await service.listening()
     return service, next(iter(ports.values())).getHost().port

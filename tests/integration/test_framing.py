@@ -53,17 +53,18 @@ class UpstreamKeepalive(unittest.TestCase):
             b"%s %s HTTP/1.1\r\nHost: x\r\n\r\n" % (method, path)
             for method, path in [
                 (b"GET", b"/length"), (b"GET", b"/chunked"), (b"GET", b"/nocontent"),
-                (b"GET", b"/notmodified"), (b"HEAD", b"/head"), (b"GET", b"/length"),
+                (b"GET", b"/notmodified"), (b"GET", b"/length"), (b"HEAD", b"/head"),
             ]
         )
-        client, responses = await request(port, raw, count=6)
+        client, responses = await request(port, raw, count=5)
         self.assertEqual(
             [(r.status, r.body) for r in responses],
-            [(200, b"length"), (200, b"chunked"), (204, b""), (304, b""), (200, b""),
-             (200, b"length")],
+            [(200, b"length"), (200, b"chunked"), (204, b""), (304, b""), (200, b"length")],
         )
+        # the HEAD response (last: the test client's parser cannot tell it is one)
+        while not client.received.endswith(b"Content-Length: 4\r\n\r\n"):
+            await sleep(0.01)
         self.assertEqual(backends[0].connections, 1)
-        client.transport.loseConnection()
 
     async def test_upstream_keepalive_requests_closes_after_that_many(self):
         backends = start_backends(self, "b")
@@ -136,7 +137,6 @@ class FramingEdgeCases(unittest.TestCase):
         # HEAD's response is exactly a head: the next response follows it directly
         self.assertEqual(client.received.count(b"HTTP/1.1 200 OK"), 2)
         self.assertTrue(client.received.endswith(b"\r\n\r\nlength"))
-        client.transport.loseConnection()
 
     async def test_streamed_request_body_reaches_the_peer(self):
         def echo_length(req, conn):
@@ -182,7 +182,6 @@ class FramingEdgeCases(unittest.TestCase):
         client.transport.resumeProducing()
         responses = await client.wait_responses(1)
         self.assertEqual(responses[0].body, big)
-        client.transport.loseConnection()
 
 
 class ClientKeepalive(unittest.TestCase):
@@ -205,4 +204,3 @@ class ClientKeepalive(unittest.TestCase):
         raw = b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
         client, responses = await request(port, raw, count=5)
         self.assertEqual([r.body for r in responses], [b"/%d" % i for i in range(5)])
-        client.transport.loseConnection()

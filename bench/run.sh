@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Entry point of `make bench`: the gateway (asyncio and epoll reactors) against nginx.
+# Installs nginx and wrk if missing, then runs bench/bench.py with the project venv.
+# Extra arguments go to bench.py (e.g. `bench/run.sh --no-gateway`, `--duration 5`, `--help`).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench: ${missing[*]} missing; install as root: apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "bench: installing ${missing[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; then
+        # nginx-light is not in every release; plain nginx has everything we need too
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]/nginx-light/nginx}"
+    fi
+fi
+export PATH="$PATH:/usr/sbin"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "bench: creating .venv and installing the project into it"
+    python3 -m venv .venv
+    .venv/bin/pip install -q -e .
+fi
+if [ ! -x .venv/bin/twistd ]; then
+    echo "bench: .venv has no twistd; install the project first (make install, or .venv/bin/pip install -e .)" >&2
+    exit 1
+fi
+
+exec .venv/bin/python bench/bench.py "$@"
