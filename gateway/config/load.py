@@ -1094,6 +1094,8 @@ class _Loader:
             t.error("url", f"required with status {status}")
         elif status is not None and status not in REDIRECT_STATUSES and t.has("url"):
             t.error("url", "only allowed with status 301, 302, 303, 307 or 308")
+        self.template(t.at("url"), url)
+        self.template(t.at("body"), body)
         return ReturnAction(status=status, url=url, body=body)
 
     def limit_req(self, path: str, value: object) -> LimitReqSettings:

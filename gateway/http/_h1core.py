@@ -335,11 +335,19 @@ class RequestParser:
 
 
 def serialize_head(version: bytes, status: int, reason: Optional[bytes], headers,
-                   date: bytes, framing: bytes, connection: bytes) -> bytes:
+                   date: Optional[bytes], framing: bytes, connection: bytes,
+                   server: bool = True) -> bytes:
     """The response head: status line, ``Server``, ``Date``, the handler's headers,
     then the framing header (``b"Content-Length: 0\\r\\n"``, ``b"Transfer-Encoding:
-    chunked\\r\\n"`` or ``b""``) and the ``Connection`` line (or ``b""``)."""
-    parts = [status_line(version, status, reason), b"Server: gateway\r\nDate: ", date, b"\r\n"]
+    chunked\\r\\n"`` or ``b""``) and the ``Connection`` line (or ``b""``).
+
+    ``server=False`` / ``date=None`` leave out the gateway's own line because the
+    handler passes one (``proxy_pass_header``), as nginx does."""
+    parts = [status_line(version, status, reason)]
+    if server:
+        parts.append(b"Server: gateway\r\n")
+    if date is not None:
+        parts += (b"Date: ", date, b"\r\n")
     append = parts.append
     for name, value in headers:
         append(name)

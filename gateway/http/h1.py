@@ -65,7 +65,7 @@ class H1Exchange:
         "error_reason", "_proto", "_receiver", "_body_paused", "_body_complete",
         "_discarding", "_continue_sent", "_pending", "_content_length", "_no_body",
         "_chunked", "_head_sent", "_done", "_close_callbacks", "_producer",
-        "_discard_started",
+        "_discard_started", "_own_server", "_own_date",
     )
 
     def __init__(self, proto: "HTTP11Protocol", head: RequestHead, server,
@@ -93,6 +93,7 @@ class H1Exchange:
         self._no_body = head.method == "HEAD"
         self._chunked = False
         self._head_sent = False
+        self._own_server = self._own_date = True
         self._done = False
         self._close_callbacks = None
         self._producer = None
@@ -138,8 +139,13 @@ class H1Exchange:
         self.status = status
         content_length = None
         filtered = None
+        self._own_server = self._own_date = True
         for index, (name, value) in enumerate(headers):
             lname = name.lower()
+            if lname == b"server":
+                self._own_server = False
+            elif lname == b"date":
+                self._own_date = False
             if lname == b"content-length":
                 try:
                     content_length = int(value)
@@ -187,7 +193,8 @@ class H1Exchange:
         else:
             connection = b""
         return serialize_head(b"HTTP/1.1", self.status, reason, headers,
-                              proto.factory.date(), framing, connection)
+                              proto.factory.date() if self._own_date else None,
+                              framing, connection, server=self._own_server)
 
     def send_body(self, data: bytes) -> None:
         if self._done or not data:

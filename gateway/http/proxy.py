@@ -58,6 +58,12 @@ def _ms(seconds: float) -> str:
     return "%.3f" % max(seconds, 0.0)
 
 
+def proxy_host(proxy_pass) -> str:
+    """``$proxy_host``: the host (and port, when written) of ``proxy_pass`` as written."""
+    rest = proxy_pass.text.split("://", 1)[-1]
+    return rest.split("/", 1)[0] if not rest.startswith("unix:") else "localhost"
+
+
 class ProxyHandler:
     """The handler of one ``proxy_pass`` location: shared, precompiled parts."""
 
@@ -70,7 +76,7 @@ class ProxyHandler:
         keepalive = group.settings.keepalive > 0
         self.request_plan = RequestHeaderPlan(location, keepalive=keepalive)
         self.response_plan = ResponseHeaderPlan(location)
-        self.proxy_host = group.name
+        self.proxy_host = proxy_host(location.proxy_pass)
 
     def __call__(self, exchange) -> None:
         ProxyRequest(self, exchange).start()
@@ -138,6 +144,7 @@ class ProxyRequest:
             )
             self.state.addrs.append(self.h.group.name)
             self.state.statuses.append("502")
+            self._align_state()
             self._fail_client(502)
             return
         self.state.addrs.append(self.lease.peer.name)
@@ -342,6 +349,15 @@ class ProxyRequest:
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release(outcome)
+            self._align_state()
+
+    def _align_state(self) -> None:
+        """One entry per tried peer in every $upstream_* list; "-" where an attempt
+        ended before that point (no connection, no header), as nginx prints."""
+        count = len(self.state.addrs)
+        for values in (self.state.statuses, self.state.connect_times,
+                       self.state.header_times, self.state.response_times):
+            values.extend("-" * (count - len(values)))
 
     def _close_conn(self) -> None:
         conn, self.conn = self.conn, None

@@ -145,6 +145,16 @@ def test_response_finished_without_body_gets_content_length_zero():
                         b"Content-Length: 0\r\n\r\n")
 
 
+def test_handler_server_and_date_replace_the_gateways_own():
+    """proxy_pass_header Server/Date: the upstream's value is sent, never two lines."""
+    c = Connection(ok(b"", [(b"Server", b"upstream/1.0"),
+                             (b"Date", b"yesterday")]))
+    c.send(GET)
+    assert c.take() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                        b"Server: upstream/1.0\r\nDate: yesterday\r\n"
+                        b"Content-Length: 0\r\n\r\n")
+
+
 def test_head_request_gets_no_body_but_keeps_content_length():
     c = Connection(ok_length())
     c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")

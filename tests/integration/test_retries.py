@@ -227,3 +227,29 @@ class ConnectTimeout(unittest.TestCase):
         response = await get(port)
         self.assertEqual(response.status, 504)
         self.assertIn(b"504 Gateway Time-out", response.body)
+
+
+class UpstreamVariables(unittest.TestCase):
+    async def test_upstream_lists_align_with_every_tried_peer(self):
+        """A refused peer has no connect or header time: nginx prints "-" there."""
+        backends = start_backends(self, "good")
+        dead = closed_port()
+        _, port = await start_gateway(self, """
+            [gateway]
+            access_log = false
+            [upstreams.app]
+            servers = [ { address = "{dead}" }, { address = "{b0}" } ]
+            [[servers]]
+            listen = ["tcp:0:interface=127.0.0.1"]
+            [[servers.locations]]
+            path = "/"
+            proxy_pass = "http://app"
+            add_header = { X-Addr = "$upstream_addr", X-Status = "$upstream_status", X-Connect = "$upstream_connect_time", X-Header = "$upstream_header_time", X-Proxy-Host = "$proxy_host" }
+            """, backends, dead=dead)
+        response = await get(port)
+        self.assertEqual(response.header("X-Addr"), "%s, %s" % (dead, backends[0].address))
+        self.assertEqual(response.header("X-Status"), "502, 200")
+        connect, header = response.header("X-Connect"), response.header("X-Header")
+        self.assertRegex(connect, r"^-, \d+\.\d{3}$")
+        self.assertRegex(header, r"^-, \d+\.\d{3}$")
+        self.assertEqual(response.header("X-Proxy-Host"), "app")
