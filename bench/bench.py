@@ -427,18 +427,21 @@ def fmt_row(cols, widths):
 
 def print_table(args, targets: List[Target], pinned: bool) -> None:
     nginx = next((t for t in targets if t.kind == "nginx" and t.best), None)
-    head = ["proxy", "req/s", "p50 ms", "p99 ms", "CPU us/req", "proxy CPU", "pool reuse", "vs nginx", "errors"]
+    head = ["proxy", "req/s", "p50 ms", "p99 ms", "CPU us/req", "proxy CPU", "pool reuse",
+            "vs nginx", "CPU/req vs nginx", "errors"]
     rows = []
     for t in targets:
         b = t.best
         if b is None:
-            rows.append([t.name, "FAILED", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([t.name, "FAILED"] + ["-"] * (len(head) - 2))
             continue
-        ratio = f"{b['rps'] / nginx.best['rps']:.2f}x" if nginx and t is not nginx else "-"
+        other = nginx is not None and t is not nginx
+        ratio = f"{b['rps'] / nginx.best['rps']:.2f}x" if other else "-"
+        cpu_ratio = f"{b['cpu_us_per_req'] / nginx.best['cpu_us_per_req']:.1f}x" if other else "-"
         rows.append([
             t.name, f"{b['rps']:,.0f}", f"{b['p50_ms']:.2f}", f"{b['p99_ms']:.2f}",
             f"{b['cpu_us_per_req']:.1f}", f"{b['cpu_util'] * 100:.0f}%", f"{b['pool_reuse'] * 100:.2f}%",
-            ratio, str(b["errors"] + b["non_2xx"]),
+            ratio, cpu_ratio, str(b["errors"] + b["non_2xx"]),
         ])
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     print()

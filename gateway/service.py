@@ -15,6 +15,7 @@ from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 
 from gateway.accesslog import AccessLog
 from gateway.deadlines import Deadlines
+from gateway.eagerwrite import eager_reactor
 from gateway.http.client import UpstreamConnector
 from gateway.http.h1 import HTTP11Factory
 from gateway.http.pool import ConnectionPool
@@ -71,7 +72,8 @@ class GatewayService(MultiService):
         self._error_log = None
         self.deadlines = Deadlines(reactor)
         self.manager = UpstreamManager(config.upstreams, reactor)
-        self.connector = UpstreamConnector(reactor, self.deadlines)
+        network = eager_reactor(reactor)   # TCP transports that send without waiting
+        self.connector = UpstreamConnector(network, self.deadlines)
         self.pools = {
             name: ConnectionPool(
                 reactor, self.deadlines,
@@ -90,7 +92,7 @@ class GatewayService(MultiService):
                 scheme="http", listener=description,
                 on_exchange_done=self.access_log.log,
             )
-            listener = ListenerService(serverFromString(reactor, description), factory)
+            listener = ListenerService(serverFromString(network, description), factory)
             listener.setName(description)
             listener.setServiceParent(self)
 

@@ -1,7 +1,9 @@
 """The client side end to end: smuggling attempts, limits, timeouts, routing, access."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from twisted.trial import unittest
 
@@ -181,7 +183,9 @@ class SiteConfiguration(unittest.TestCase):
         self.assertEqual((result.returncode, result.stdout), (0, "configuration ok\n"), result.stderr)
 
     def test_check_prints_every_error_with_its_path_and_exits_1(self):
-        path = self.mktemp()
+        directory = tempfile.mkdtemp(prefix="gateway-check-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "bad.toml")
         with open(path, "w") as f:
             f.write(
                 '[upstreams.app]\nservers = [ { address = "127.0.0.1:1", weight = "x" } ]\n'
