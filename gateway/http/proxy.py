@@ -12,6 +12,8 @@ attempt ends with exactly one ``lease.release(outcome)``. Between attempts it ap
 - no retry when no try is left, after ``proxy_next_upstream_timeout``, for POST, LOCK
   and PATCH once the request was sent unless ``non_idempotent`` is listed, once part of
   an unbuffered request body was sent, and never once response bytes reached the client.
+- a failure after the response head reached the client is not retried and, as in
+  nginx, not counted against the peer: the client sees a truncated response.
 - a reused keepalive connection that fails before answering a single byte was stale:
   the same peer is tried again on a fresh connection, without using up a try.
 
@@ -85,6 +87,12 @@ class ProxyHandler:
 class ProxyRequest:
     """One client request being proxied (a BodyReceiver and a ResponseHandler)."""
 
+    __slots__ = (
+        "h", "exchange", "location", "clock", "request", "method", "state", "ctx",
+        "attempts", "lease", "conn", "body", "body_complete", "request_sent",
+        "streamed_body", "client_started", "spool", "done", "try_start", "started", "uri",
+    )
+
     def __init__(self, handler: ProxyHandler, exchange):
         self.h = handler
         self.exchange = exchange
@@ -134,9 +142,12 @@ class ProxyRequest:
     def _next_peer(self) -> None:
         if self.done:
             return
-        self.lease = self.h.group.acquire(
-            self.attempts, PickContext(remote_addr=self.exchange.connection.remote_addr)
+        group = self.h.group
+        context = (
+            PickContext(remote_addr=self.exchange.connection.remote_addr)
+            if group.needs_context else None
         )
+        self.lease = group.acquire(self.attempts, context)
         if self.lease is None:
             log.error(
                 "no live upstreams while connecting to upstream {upstream}",
@@ -199,9 +210,8 @@ class ProxyRequest:
 
     def _framing_headers(self, framing: str) -> list:
         if framing == "none":
-            if self.method in ("POST", "PUT", "PATCH"):
-                return [(b"Content-Length", b"0")]
-            return []
+            # nginx passes "Content-Length: 0" when the client sent it, nothing else
+            return [(b"Content-Length", b"0")] if self.request.content_length == 0 else []
         if framing == "chunked":
             return [(b"Transfer-Encoding", b"chunked")]
         if self.body is not None:
@@ -284,9 +294,11 @@ class ProxyRequest:
         )
         if self.client_started:
             # Response bytes are with the client: nothing can be retried and the
-            # client must see a truncated response, never a clean end.
+            # client must see a truncated response, never a clean end. As in nginx
+            # (ngx_http_upstream_finalize_request frees the peer with state 0), a
+            # failure after the response head does not count against the peer.
             self._record_response_time()
-            self._end_attempt(Outcome.FAILED, close=True)
+            self._end_attempt(Outcome.OK, close=True)
             self.done = True
             if self.spool is not None:
                 self.spool.stopProducing()

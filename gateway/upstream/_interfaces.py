@@ -53,6 +53,9 @@ class Balancer(Protocol):
     ``UpstreamGroup.acquire``; recording the result by ``Lease.release``.
     """
 
+    #: False when ``pick`` ignores its context (the caller may then pass None)
+    needs_context: bool
+
     def __init__(self, peers: list[Peer]) -> None: ...
 
     def pick(

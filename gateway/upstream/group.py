@@ -113,7 +113,11 @@ class UpstreamGroup:
         self.backups: list[Peer] = [Peer(s) for s in settings.servers if s.backup]
         if not self.peers:
             raise ValueError(f"no servers in upstream {self.name!r}")
+        self._all = self.peers + self.backups
         cls = balancer_class(settings.balance)
+        #: whether the balancer reads PickContext (round robin does not), so callers
+        #: can skip building one per request
+        self.needs_context: bool = getattr(cls, "needs_context", True)
         self._primary: Balancer = cls(self.peers)
         self._backup: Optional[Balancer] = cls(self.backups) if self.backups else None
         self.single = len(self.peers) == 1 and not self.backups
@@ -124,8 +128,10 @@ class UpstreamGroup:
     def attempts(self, max_tries: int = 0) -> Attempts:
         """Start a request: nginx's ``init_round_robin_peer`` plus the
         ``proxy_next_upstream_tries`` cap of ``ngx_http_upstream_init_request``."""
-        tries = sum(1 for p in self.peers if not p.down)
-        tries += sum(1 for p in self.backups if not p.down)
+        tries = 0
+        for peer in self._all:
+            if not peer.down:
+                tries += 1
         if max_tries and tries > max_tries:
             tries = max_tries
         return Attempts(self, tries)

@@ -76,8 +76,16 @@ class Peer:
 
     def available(self, now: float) -> bool:
         """May a new attempt go to this peer? (Whether *this request* already tried
-        it is the request's business: ``Attempts.eligible``.)"""
-        return not self.down and not self.failed_at(now) and not self.at_max_conns()
+        it is the request's business: ``Attempts.eligible``.)
+
+        ``failed_at`` and ``at_max_conns`` written out: this runs for every candidate
+        of every pick."""
+        if self.down:
+            return False
+        if (self.max_fails and self.fails >= self.max_fails
+                and now - self.checked <= self.fail_timeout):
+            return False
+        return not (self.max_conns and self.conns >= self.max_conns)
 
     def start_probe_if_due(self, now: float) -> None:
         """Called when the peer is picked: once ``fail_timeout`` has passed since the

@@ -216,6 +216,21 @@ class ResponseStarted(unittest.TestCase):
         self.assertEqual(backends[1].requests, [])
 
 
+    async def test_failure_after_the_response_head_does_not_count_against_the_peer(self):
+        """nginx frees the peer with state 0 when a started response dies: the peer
+        stays in rotation (max_fails = 1 would otherwise take it out)."""
+        def truncated(req, conn):
+            conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            conn.close()     # FIN after the bytes (an RST could discard them unread)
+
+        backends = start_backends(self, ("a", truncated), "b")
+        _, port = await start_gateway(self, config(TWO), backends)
+        for _ in range(4):
+            client, _ = await request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", count=1)
+            await client.wait_closed()
+        self.assertEqual((len(backends[0].requests), len(backends[1].requests)), (2, 2))
+
+
 class ConnectTimeout(unittest.TestCase):
     async def test_connect_timeout_gives_504(self):
         hole = BlackholeListener()

@@ -41,6 +41,7 @@ class RoundRobin:
     """nginx's default balancing method, over one tier of a group."""
 
     name = "round_robin"
+    needs_context = False
 
     def __init__(self, peers: list[Peer]):
         self.peers = peers
