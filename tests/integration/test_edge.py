@@ -200,3 +200,32 @@ class SiteConfiguration(unittest.TestCase):
     def test_twistd_help_lists_the_gateway_plugin(self):
         result = self._twistd("--help")
         self.assertIn("gateway", result.stdout)
+
+
+class AccessLogFile(unittest.TestCase):
+    async def test_upstream_format_line_is_written_for_a_proxied_request(self):
+        backends = start_backends(self, "b")
+        directory = tempfile.mkdtemp(prefix="gateway-log-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "access.log")
+        service, port = await start_gateway(self, """
+            [gateway]
+            access_log = "{path}"
+            access_log_format = "upstream"
+            [upstreams.app]
+            servers = [ { address = "{b0}" } ]
+            [[servers]]
+            listen = ["tcp:0:interface=127.0.0.1"]
+            locations = [ { path = "/", proxy_pass = "http://app" } ]
+            """, backends, path=path)
+        await get(port, "/logged?x=1", headers="User-Agent: tester\r\n")
+        service.access_log.flush()
+        with open(path) as f:
+            line = f.read()
+        self.assertRegex(
+            line,
+            r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] '
+            r'"GET /logged\?x=1 HTTP/1\.1" 200 1 "-" "tester" '
+            r'upstream=%s upstream_status=200 upstream_response_time=\d+\.\d{3} '
+            r'request_time=\d+\.\d{3}\n$' % backends[0].address.replace(".", "\\."),
+        )

@@ -165,23 +165,55 @@ class FramingEdgeCases(unittest.TestCase):
         )
         self.assertEqual(responses[0].body, b"5 abcde")
 
-    async def test_large_response_to_a_slow_client_is_complete(self):
-        big = bytes(range(256)) * 8192   # 2 MiB
+    async def _slow_client(self, location_extra):
+        """Client 1 asks for 16 MiB and does not read; then client 2 asks for /small.
+        Returns the backend, client 1's body once it reads, and client 2's body."""
+        big = bytes(range(256)) * 65536   # 16 MiB: more than the socket buffers hold
 
-        def large(req, conn):
-            conn.respond(200, big)
+        def serve(req, conn):
+            conn.respond(200, big if req.path == "/big" else b"small")
 
-        backends = start_backends(self, ("b", large))
+        backends = start_backends(self, ("b", serve))
+        _, port = await start_gateway(self, config(location_extra=location_extra), backends)
+        slow = await connect(port)
+        slow.transport.pauseProducing()
+        slow.transport.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sleep(0.5)
+        second = await get(port, "/small")
+        connections = backends[0].connections
+        slow.transport.resumeProducing()
+        responses = await slow.wait_responses(1)
+        self.assertEqual(responses[0].body, big)
+        self.assertEqual(second.body, b"small")
+        return connections
+
+    async def test_buffered_response_frees_the_upstream_while_the_client_is_slow(self):
+        # the gateway read all 16 MiB (spilling to a temp file) and pooled the connection,
+        # so the second request reused it
+        self.assertEqual(await self._slow_client(""), 1)
+
+    async def test_unbuffered_response_holds_the_upstream_while_the_client_is_slow(self):
+        # backpressure reached the peer: its connection is still busy with the first
+        # response, so the second request needed a connection of its own
+        self.assertEqual(await self._slow_client(", proxy_buffering = false"), 2)
+
+    async def test_expect_100_continue_gets_100_before_the_body_is_sent(self):
+        def echo(req, conn):
+            conn.respond(200, req.body)
+
+        backends = start_backends(self, ("b", echo))
         _, port = await start_gateway(self, config(), backends)
         client = await connect(port)
-        client.transport.pauseProducing()
-        client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await sleep(0.3)
-        # the gateway read the whole response from the peer while the client was not reading
-        self.assertEqual(backends[0].closed, 0)
-        client.transport.resumeProducing()
-        responses = await client.wait_responses(1)
-        self.assertEqual(responses[0].body, big)
+        client.transport.write(
+            b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        while b"\r\n\r\n" not in client.received:
+            await sleep(0.01)
+        self.assertEqual(client.received, b"HTTP/1.1 100 Continue\r\n\r\n")
+        client.transport.write(b"hello")
+        responses = await client.wait_responses(2)     # the parser counts the 100 too
+        self.assertEqual([(r.status, r.body) for r in responses], [(100, b""), (200, b"hello")])
+        self.assertNotIn("expect", backends[0].requests[0].headers)
 
 
 class ClientKeepalive(unittest.TestCase):
