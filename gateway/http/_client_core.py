@@ -138,16 +138,32 @@ class _Invalid(Exception):
     """Raised from a parser callback when the head breaks one of nginx's rules."""
 
 
+# Header names the framing depends on, by length: one set lookup rules out the rest
+# (Server, Date, Content-Type, ...) without lowering them.
+_FRAMING_NAME_LENGTHS = frozenset((10, 14, 17))
+
+
 class ResponseReader:
     """Parses the responses of one upstream connection (one at a time, no pipelining)."""
+
+    __slots__ = (
+        "max_head_size", "_parser", "_parser_clean", "_state", "_events", "_method_head",
+        "_sizing", "_reason", "_headers", "_head_size", "_content_length", "_te",
+        "_cl_seen", "_conn_close", "_conn_keep_alive", "_close_delimited",
+        "received", "extra", "head", "upgrade_data",
+    )
 
     def __init__(self, max_head_size: int = DEFAULT_MAX_HEAD_SIZE):
         self.max_head_size = max_head_size
         self._parser = httptools.HttpResponseParser(self)
         self._parser_clean = True
         self._state = _IDLE
-        self._events: list = []
+        self._events: Optional[list] = None
         self._method_head = False
+        # Counting the head's size only matters once more bytes than the bound
+        # arrived (a head is never larger than the bytes that carried it), so the
+        # count starts then and small responses skip it.
+        self._sizing = False
         self._reset_head()
         #: response bytes received for the current request (0 = nothing arrived)
         self.received = 0
@@ -199,6 +215,7 @@ class ResponseReader:
             self._parser_clean = True
         self._method_head = method == "HEAD"
         self._state = _HEAD
+        self._sizing = False
         self._reset_head()
         self.received = 0
         self.extra = False
@@ -213,12 +230,15 @@ class ResponseReader:
             return []
         if not data:
             return []
-        if self.received == 0 and not (data[:5] == b"HTTP/" if len(data) >= 5
-                                       else b"HTTP/".startswith(data)):
+        received = self.received
+        if received == 0 and not (data.startswith(b"HTTP/") if len(data) >= 5
+                                  else b"HTTP/".startswith(data)):
             # llhttp also accepts RTSP/ and ICE/ status lines; nginx wants HTTP/
             self.received = len(data)
             return [self.fail("invalid_header", MSG_NO_VALID_HEADER)]
-        self.received += len(data)
+        received = self.received = received + len(data)
+        if received > self.max_head_size and state == _HEAD and not self._sizing:
+            self._start_sizing()
         events = self._events = []
         try:
             self._parser.feed_data(data)
@@ -226,11 +246,17 @@ class ResponseReader:
             self.upgrade_data = data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
             self._parse_error(exc)
-        if self._state == _HEAD and self.received > self.max_head_size:
+        if self._state == _HEAD and received > self.max_head_size:
             # every byte so far belongs to a head llhttp is still buffering
             events.append(self.fail("invalid_header", MSG_TOO_BIG_HEADER))
-        self._events = []
+        self._events = None
         return events
+
+    def _start_sizing(self) -> None:
+        """Count what the head so far holds; the callbacks add the rest."""
+        self._sizing = True
+        self._head_size = len(self._reason) + sum(
+            len(name) + len(value) + 4 for name, value in self._headers)
 
     def feed_eof(self) -> list:
         """The upstream closed the connection; return the last events."""
@@ -287,71 +313,84 @@ class ResponseReader:
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-        self._head_size += len(reason)
+        if self._sizing:
+            self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self.max_head_size:
-            raise _Invalid(MSG_TOO_BIG_HEADER)
+        if self._sizing:
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > self.max_head_size:
+                raise _Invalid(MSG_TOO_BIG_HEADER)
         length = len(name)
-        if length == 14 and name.lower() == b"content-length":
+        if length not in _FRAMING_NAME_LENGTHS:
+            return
+        # the usual spelling first: it spares lower()
+        if length == 14 and (name == b"Content-Length" or name.lower() == b"content-length"):
             self._cl_seen = True
             try:
                 self._content_length = int(value)
             except ValueError:
                 raise _Invalid(MSG_INVALID_HEADER) from None
+        elif length == 10 and (name == b"Connection" or name.lower() == b"connection"):
+            value = value.lower()
+            if value == b"keep-alive":
+                self._conn_keep_alive = True
+            elif value == b"close":
+                self._conn_close = True
+            else:
+                for token in value.split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        self._conn_close = True
+                    elif token == b"keep-alive":
+                        self._conn_keep_alive = True
         elif length == 17 and name.lower() == b"transfer-encoding":
             self._te = value if self._te is None else self._te + b", " + value
-        elif length == 10 and name.lower() == b"connection":
-            for token in value.lower().split(b","):
-                token = token.strip()
-                if token == b"close":
-                    self._conn_close = True
-                elif token == b"keep-alive":
-                    self._conn_keep_alive = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status < 200 and status >= 100 and status != 101:
             return  # interim: on_message_complete follows, the final head after it
-        if self._head_size > self.max_head_size:
+        if self._sizing and self._head_size > self.max_head_size:
             raise _Invalid(MSG_TOO_BIG_HEADER)
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise _Invalid(MSG_NO_VALID_HEADER)
-        chunked = False
-        if self._te is not None:
-            if self._cl_seen:
-                raise _Invalid(MSG_CL_AND_TE)
-            if self._te.strip().lower() != b"chunked":
-                raise _Invalid(MSG_UNKNOWN_TE)
-            chunked = True
         if version == "1.1":
             keep_alive = not self._conn_close
-        else:
+        elif version == "1.0":
             keep_alive = self._conn_keep_alive and not self._conn_close
+        else:
+            raise _Invalid(MSG_NO_VALID_HEADER)
+        te = self._te
+        chunked = False
+        if te is not None:
+            if self._cl_seen:
+                raise _Invalid(MSG_CL_AND_TE)
+            if te.strip().lower() != b"chunked":
+                raise _Invalid(MSG_UNKNOWN_TE)
+            chunked = True
         content_length = self._content_length
-        no_body = self._method_head or status == 204 or status == 304 or status == 101
-        if no_body:
-            content_length = 0 if status != 101 else None
-            chunked = False
-        elif not chunked and content_length is None:
+        if self._method_head or status == 204 or status == 304 or status == 101:
+            if status == 101:
+                content_length = None
+                keep_alive = False
+            else:
+                content_length = 0
+            head = self.head = ResponseHead(status, self._reason, version, self._headers,
+                                            content_length, False, keep_alive)
+            self._state = _DONE
+            self._events += (head, RESPONSE_END)
+            if self._method_head:
+                self._parser_clean = False
+            return
+        if not chunked and content_length is None:
             self._close_delimited = True
-            keep_alive = False
-        if status == 101:
             keep_alive = False
         head = self.head = ResponseHead(status, self._reason, version, self._headers,
                                         content_length, chunked, keep_alive)
+        self._state = _BODY
         self._events.append(head)
-        if no_body:
-            self._state = _DONE
-            self._events.append(RESPONSE_END)
-            if self._method_head:
-                self._parser_clean = False
-        else:
-            self._state = _BODY
 
     def on_body(self, body: bytes) -> None:
         if self._state == _BODY:

@@ -87,6 +87,15 @@ class _Reject(Exception):
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+# The request headers the parser itself acts on, by lower-cased name. Only names of
+# these lengths are lower-cased and looked up, so other headers cost one set lookup.
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT = range(4)
+_FRAMING_HEADERS = {
+    b"host": _HOST, b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING, b"expect": _EXPECT,
+}
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING_HEADERS)
+
 
 class RequestParser:
     """Parses requests of one connection into events (see the module docstring).
@@ -164,6 +173,12 @@ class RequestParser:
         self._body_limit = 0
         self._body_seen = 0
         self._current: Optional[RequestHead] = None
+        # the headers of _FRAMING_HEADERS, noted by on_header (the last one wins)
+        self._host: Optional[bytes] = None
+        self._duplicate_host = False
+        self._content_length: Optional[bytes] = None
+        self._transfer_encoding: Optional[bytes] = None
+        self._expect = False
 
     def on_message_begin(self) -> None:
         self._reset_message()
@@ -180,13 +195,27 @@ class RequestParser:
             raise _Reject(431, "client sent too long header line")
         if not self.in_head:
             return   # a chunked trailer: dropped, as nginx does
-        self._header_bytes += size + 2
-        if self._header_bytes + len(self._url) > self.head_limit:
+        header_bytes = self._header_bytes = self._header_bytes + size + 2
+        if header_bytes + len(self._url) > self.head_limit:
             raise _Reject(431, "client sent too large request head")
         # llhttp keeps trailing whitespace of a value; nginx strips it
-        if value[-1:] in b" \t":
+        if value.endswith((b" ", b"\t")):
             value = value.rstrip(b" \t")
         self._headers.append((name, value))
+        if len(name) in _FRAMING_LENGTHS:
+            kind = _FRAMING_HEADERS.get(name.lower())
+            if kind == _HOST:
+                # refused in on_headers_complete, after the checks that come first
+                if self._host is not None:
+                    self._duplicate_host = True
+                else:
+                    self._host = value
+            elif kind == _CONTENT_LENGTH:
+                self._content_length = value
+            elif kind == _TRANSFER_ENCODING:
+                self._transfer_encoding = value
+            elif kind == _EXPECT:
+                self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -194,8 +223,7 @@ class RequestParser:
         method = parser.get_method().decode("latin-1")
         version = parser.get_http_version()
         target = self._url.decode("latin-1")
-        headers = self._headers
-        head = RequestHead(method, target, target, "", version, headers)
+        head = RequestHead(method, target, target, "", version, self._headers)
         self._current = head
         if version != "1.1" and version != "1.0":
             if method == "PRI":
@@ -208,23 +236,15 @@ class RequestParser:
         if method == "CONNECT":
             raise _Reject(405, "client sent CONNECT method")
 
-        host_header = None
-        content_length = transfer_encoding = None
-        expect = False
-        for name, value in headers:
-            if len(name) == 4 and name.lower() == b"host":
-                if host_header is not None:
-                    raise _Reject(400, "client sent duplicate host header")
-                host_header = value
-            elif len(name) == 14 and name.lower() == b"content-length":
-                content_length = value
-            elif len(name) == 17 and name.lower() == b"transfer-encoding":
-                transfer_encoding = value
-            elif len(name) == 6 and name.lower() == b"expect":
-                expect = value.lower() == b"100-continue"
+        if self._duplicate_host:
+            raise _Reject(400, "client sent duplicate host header")
+        host_header = self._host
+        content_length = self._content_length
+        transfer_encoding = self._transfer_encoding
 
         try:
-            authority, _ = split_target(target)
+            # split_target's origin-form answer, without the call
+            authority = None if target[:1] == "/" else split_target(target)[0]
             head.path, head.args = normalize(target)
         except InvalidURI:
             raise _Reject(400, "client sent invalid request")
@@ -261,7 +281,7 @@ class RequestParser:
             raise _Reject(413, "client intended to send too large body")
         self._body_limit = limit
         head.keep_alive = parser.should_keep_alive()
-        head.expect_continue = expect and version == "1.1"
+        head.expect_continue = self._expect and version == "1.1"
         length = len(self._url) + len(method) + 12 + self._header_bytes
         self.events.append(RequestStarted(head, server, length))
 
@@ -343,18 +363,16 @@ def serialize_head(version: bytes, status: int, reason: Optional[bytes], headers
 
     ``server=False`` / ``date=None`` leave out the gateway's own line because the
     handler passes one (``proxy_pass_header``), as nginx does."""
-    parts = [status_line(version, status, reason)]
-    if server:
-        parts.append(b"Server: gateway\r\n")
-    if date is not None:
-        parts += (b"Date: ", date, b"\r\n")
-    append = parts.append
+    if server and date is not None:
+        parts = [status_line(version, status, reason), b"Server: gateway\r\nDate: ", date,
+                 b"\r\n"]
+    else:
+        parts = [status_line(version, status, reason)]
+        if server:
+            parts.append(b"Server: gateway\r\n")
+        if date is not None:
+            parts += (b"Date: ", date, b"\r\n")
     for name, value in headers:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    append(framing)
-    append(connection)
-    append(b"\r\n")
+        parts += (name, b": ", value, b"\r\n")
+    parts += (framing, connection, b"\r\n")
     return b"".join(parts)

@@ -187,13 +187,16 @@ class UpstreamConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         state = self.state
         if state == ConnectionState.BUSY:
-            if self._timer == _READ and not self._reading_paused:
-                self.deadline = self.clock.seconds() + self._read_timeout
             dispatch = self._DISPATCH
             for event in self._reader.feed(data):
                 if self._handler is None:
                     break
                 dispatch[event.__class__](self, event)
+            # the read timeout runs between two reads; restarting it after the events
+            # leaves it alone when this read ended the response (the usual case)
+            if (self.state == ConnectionState.BUSY and self._timer == _READ
+                    and not self._reading_paused):
+                self.deadline = self.clock.seconds() + self._read_timeout
         elif state == ConnectionState.IDLE:
             # nginx's keepalive module: an idle connection that says anything is dropped
             self.close()

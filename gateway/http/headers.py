@@ -82,7 +82,30 @@ def _header_value(value: str) -> bytes:
     # $uri is percent-decoded and may hold CR/LF: never let a variable split a header.
     if "\r" in value or "\n" in value or "\0" in value:
         value = value.translate(_UNSAFE_VALUE_CHARS)
-    return to_bytes(value)
+    # to_bytes inlined: this runs for every rendered header of every request
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+# Nearly every upstream response says "Connection: keep-alive" or "close": the few
+# values seen are remembered rather than parsed per response. Bounded, as clients
+# choose the values of requests.
+_TOKEN_CACHE_SIZE = 64
+_token_cache: dict[bytes, tuple[bytes, ...]] = {}
+
+
+def _tokens(value: bytes) -> tuple[bytes, ...]:
+    """The lower-cased names listed in one ``Connection`` header value."""
+    tokens = _token_cache.get(value)
+    if tokens is None:
+        stripped = (token.strip(b" \t").lower() for token in value.split(b","))
+        tokens = tuple(token for token in stripped if token)
+        if len(_token_cache) >= _TOKEN_CACHE_SIZE:
+            _token_cache.clear()
+        _token_cache[value] = tokens
+    return tokens
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset:
@@ -90,28 +113,49 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset:
     tokens: set = set()
     for key, value in headers:
         if key.lower() == b"connection":
-            for token in value.split(b","):
-                token = token.strip(b" \t").lower()
-                if token:
-                    tokens.add(token)
+            tokens.update(_tokens(value))
     return frozenset(tokens)
+
+
+def _copy_headers(parts: list, headers: list, not_copied: frozenset) -> Optional[set]:
+    """Append the lines of ``headers`` not named in ``not_copied`` to ``parts``.
+
+    Returns the names listed in ``Connection`` headers that ``not_copied`` lacks, or
+    None: Connection headers are rare, so they are parsed only when one is met (it is
+    in ``not_copied`` as hop-by-hop), and names they add are left to the caller.
+    """
+    named = None
+    for key, value in headers:
+        lname = key.lower()
+        if lname not in not_copied:
+            parts += (key, b": ", value, b"\r\n")
+        elif lname == b"connection":
+            for token in _tokens(value):
+                if token not in not_copied:
+                    if named is None:
+                        named = set()
+                    named.add(token)
+    return named
 
 
 class _SetHeader:
     """One header the request plan sets: constant bytes or a template to render."""
 
-    __slots__ = ("lname", "prefix", "template", "line", "default")
+    __slots__ = ("prefix", "render", "line", "host_fallback", "keeps_client_id")
 
     def __init__(self, name: str, template: Template, default: bool):
-        self.lname = name.lower().encode("latin-1")
+        lname = name.lower()
         self.prefix = name.encode("latin-1") + b": "
-        self.template = template
-        self.default = default
+        self.render = template.renderer
         # an empty constant is not sent at all (nginx skips empty values)
         self.line: Optional[bytes] = None
         if template.is_constant:
             self.line = (self.prefix + _header_value(template.text) + b"\r\n"
                          if template.text else b"")
+        # the default Host falls back to $proxy_host when $host is empty
+        self.host_fallback = default and lname == "host"
+        # the default X-Request-ID keeps a trusted client's own
+        self.keeps_client_id = default and lname == "x-request-id"
 
 
 class RequestHeaderPlan:
@@ -151,39 +195,46 @@ class RequestHeaderPlan:
         """
         request = exchange.request
         trusted = ctx.trusted
-        parts = [to_bytes(method), b" ", to_bytes(uri), b" HTTP/1.1\r\n"]
+        try:
+            parts = [f"{method} {uri} HTTP/1.1\r\n".encode("latin-1")]
+        except UnicodeEncodeError:
+            parts = [to_bytes(method), b" ", to_bytes(uri), b" HTTP/1.1\r\n"]
         for entry in self._set:
-            if entry.line is not None:
-                parts.append(entry.line)
+            line = entry.line
+            if line is not None:
+                parts.append(line)
                 continue
-            if trusted and entry.default and entry.lname == b"x-request-id":
+            if trusted and entry.keeps_client_id:
                 client_id = request.header(b"x-request-id")
                 if client_id:
-                    parts += [entry.prefix, client_id, b"\r\n"]
+                    parts += (entry.prefix, client_id, b"\r\n")
                     continue
-            value = entry.template.render(ctx)
+            value = entry.render(ctx)
             if not value:
-                if not (entry.default and entry.lname == b"host"):
+                if not entry.host_fallback:
                     continue
                 # HTTP/1.0 without Host and no server_name: nginx's own default
                 value = self._proxy_host.render(ctx)
                 if not value:
                     continue
-            parts += [entry.prefix, _header_value(value), b"\r\n"]
+            if "\r" in value or "\n" in value or "\0" in value or not value.isascii():
+                parts += (entry.prefix, _header_value(value), b"\r\n")
+            else:
+                # the usual case, without _header_value's call: plain ASCII
+                parts += (entry.prefix, value.encode("ascii"), b"\r\n")
 
-        not_copied = self._not_copied
         headers = request.headers
-        named = connection_tokens(headers)
+        start = len(parts)
+        named = _copy_headers(parts, headers, self._not_copied)
         if named:
-            not_copied = not_copied | named
-        for key, value in headers:
-            if key.lower() not in not_copied:
-                parts += [key, b": ", value, b"\r\n"]
+            # a Connection header named more headers: copy again without them
+            del parts[start:]
+            _copy_headers(parts, headers, self._not_copied | named)
 
         for key, value in body_framing_headers:
-            parts += [key, b": ", value, b"\r\n"]
+            parts += (key, b": ", value, b"\r\n")
         if upgrade is not None:
-            parts += [b"Upgrade: ", upgrade, b"\r\n"]
+            parts += (b"Upgrade: ", upgrade, b"\r\n")
             if not self._sets_connection:
                 parts.append(b"Connection: upgrade\r\n")
         elif not self.keepalive and not self._sets_connection:
@@ -201,23 +252,36 @@ class ResponseHeaderPlan:
         self._hidden = frozenset((DEFAULT_HIDDEN_RESPONSE_HEADERS - passed)
                                  | hidden | HOP_BY_HOP)
         self._add = tuple(
-            (name.encode("latin-1"), compile_template(value))
+            (name.encode("latin-1"), compile_template(value).renderer)
             for name, value in location.add_header
         )
 
     def filter(self, headers: list) -> list:
         """The upstream's headers that may be passed to the client (a new list)."""
         hidden = self._hidden
-        named = connection_tokens(headers)
+        passed = []
+        named = None
+        for header in headers:
+            lname = header[0].lower()
+            if lname not in hidden:
+                passed.append(header)
+            elif lname == b"connection":
+                # (hidden always holds "connection", being hop-by-hop)
+                # "Connection: keep-alive", the usual one, names nothing new
+                for token in _tokens(header[1]):
+                    if token not in hidden:
+                        if named is None:
+                            named = set()
+                        named.add(token)
         if named:
-            hidden = hidden | named
-        return [(key, value) for key, value in headers if key.lower() not in hidden]
+            passed = [header for header in passed if header[0].lower() not in named]
+        return passed
 
     def add(self, headers: list, ctx: VariableContext) -> list:
         """Append the ``add_header`` values to ``headers`` (in place; also returned).
         A value that renders empty is not added, as in nginx."""
-        for name, template in self._add:
-            value = template.render(ctx)
+        for name, render in self._add:
+            value = render(ctx)
             if value:
                 headers.append((name, _header_value(value)))
         return headers

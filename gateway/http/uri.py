@@ -87,6 +87,16 @@ def normalize(target: str) -> tuple[str, str]:
     >>> normalize("/a//b/./c/../d%20e?x=1")
     ('/a/b/d e', 'x=1')
     """
+    # Fast path for the usual origin-form target: with none of the characters
+    # _normalize_complex acts on, it would return ``path`` and ``args`` as split here.
+    path, _, args = target.partition("?")
+    if (path[:1] == "/" and "#" not in target and "%" not in path and "//" not in path
+            and "/." not in path and "\x00" not in path):
+        return path, args
+    return _normalize_complex(target)
+
+
+def _normalize_complex(target: str) -> tuple[str, str]:
     _, rest = split_target(target)
     path, _, args = rest.partition("?")
     if "#" in path:

@@ -391,30 +391,45 @@ class Variable:
 Part = Union[str, Variable]
 
 
-class Template:
-    """A compiled template. ``parts`` are literal strings and :class:`Variable` s."""
+def _constant_renderer(text: str) -> Getter:
+    return lambda ctx: text
 
-    __slots__ = ("text", "parts", "is_constant", "_getters", "_single")
+
+def _join_renderer(pieces: tuple) -> Getter:
+    """Literal strings as they are, getters called: the join of a template."""
+    def render(ctx: VariableContext) -> str:
+        return "".join([p if p.__class__ is str else p(ctx) for p in pieces])
+    return render
+
+
+class Template:
+    """A compiled template. ``parts`` are literal strings and :class:`Variable` s.
+
+    ``renderer`` is a function ``ctx -> str`` equal to :meth:`render` that callers on a
+    per-request path keep instead: for a template that is one variable (``"$host"``,
+    the commonest) it is that variable's getter itself, one call instead of two.
+    """
+
+    __slots__ = ("text", "parts", "is_constant", "renderer")
 
     def __init__(self, text: str, parts: tuple):
         self.text = text
         self.parts = parts
         self.is_constant = not any(isinstance(p, Variable) for p in parts)
-        self._getters = tuple(p if isinstance(p, str) else p.getter for p in parts)
-        # "$host" alone is the commonest template: skip the join
-        self._single = (parts[0].getter
-                        if len(parts) == 1 and isinstance(parts[0], Variable) else None)
+        if len(parts) == 1 and isinstance(parts[0], Variable):
+            self.renderer: Getter = parts[0].getter
+        elif self.is_constant:
+            self.renderer = _constant_renderer(text)
+        else:
+            self.renderer = _join_renderer(tuple(
+                p if isinstance(p, str) else p.getter for p in parts))
 
     @property
     def variables(self) -> list[str]:
         return [p.name for p in self.parts if isinstance(p, Variable)]
 
     def render(self, ctx: VariableContext) -> str:
-        if self._single is not None:
-            return self._single(ctx)
-        if self.is_constant:
-            return self.text
-        return "".join([g if g.__class__ is str else g(ctx) for g in self._getters])
+        return self.renderer(ctx)
 
     def __repr__(self) -> str:
         return f"Template({self.text!r})"

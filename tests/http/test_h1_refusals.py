@@ -192,3 +192,23 @@ def test_refused_request_is_logged_with_best_effort_fields():
             exchange.request.version, exchange.error_reason) == (
         400, "GET", "/x?y", "1.1", "client sent duplicate host header")
     assert exchange.body_bytes_sent == len(error(400, b"Bad Request").split(b"\r\n\r\n", 1)[1])
+
+
+@pytest.mark.parametrize("data, status, reason", [
+    (b"TRACE / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 405, b"Not Allowed"),
+    (b"GET / HTTP/2.0\r\nHost: a\r\nHost: b\r\n\r\n", 505, b"HTTP Version Not Supported"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nhOST: b\r\n\r\n", 400, b"Bad Request"),
+], ids=["method-first", "version-first", "any-case"])
+def test_duplicate_host_is_refused_after_version_and_method_checks(data, status, reason):
+    """Header names are classified as they arrive, but the refusals keep their order."""
+    c = refused(data)
+    assert c.take() == error(status, reason)
+    assert c.closed
+
+
+def test_host_in_chunked_trailer_is_not_a_duplicate():
+    c = Connection(ok_length())
+    c.send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"0\r\nHost: b\r\n\r\n")
+    assert c.exchanges[0].request.host == "a"
+    assert not c.closed
