@@ -267,7 +267,8 @@ class ProxyRequest:
         conn, self.conn = self.conn, None
         peer_name = self.lease.peer.name
         self._record_response_time()
-        self._release(Outcome.OK)
+        # a complete response recorded connect, header and response time: aligned
+        self._release(Outcome.OK, aligned=True)
         if conn.reusable:
             self.h.pool.put(peer_name, conn)
         else:
@@ -357,11 +358,12 @@ class ProxyRequest:
             self._close_conn()
         self._release(outcome)
 
-    def _release(self, outcome: Outcome) -> None:
+    def _release(self, outcome: Outcome, aligned: bool = False) -> None:
         lease, self.lease = self.lease, None
         if lease is not None:
             lease.release(outcome)
-            self._align_state()
+            if not aligned:
+                self._align_state()
 
     def _align_state(self) -> None:
         """One entry per tried peer in every $upstream_* list; "-" where an attempt
