@@ -37,7 +37,7 @@ from gateway.http.client import UpstreamError
 from gateway.http.exchange import UpstreamState
 from gateway.http.headers import RequestHeaderPlan, ResponseHeaderPlan
 from gateway.http.routing import upstream_uri
-from gateway.http.spool import ResponseSpool
+from gateway.http.spool import DEFAULT_MEMORY_LIMIT as SPOOL_MEMORY_LIMIT, ResponseSpool
 from gateway.http.variables import VariableContext
 from gateway.upstream import Outcome, PickContext
 
@@ -79,6 +79,7 @@ class ProxyHandler:
         self.request_plan = RequestHeaderPlan(location, keepalive=keepalive)
         self.response_plan = ResponseHeaderPlan(location)
         self.proxy_host = proxy_host(location.proxy_pass)
+        self.passes_target = location.proxy_pass.uri is None
 
     def __call__(self, exchange) -> None:
         ProxyRequest(self, exchange).start()
@@ -121,10 +122,14 @@ class ProxyRequest:
     def start(self) -> None:
         self.started = self.clock.seconds()
         self.attempts = self.h.group.attempts(self.location.proxy_next_upstream_tries)
-        self.uri = upstream_uri(
-            self.location.proxy_pass, self.location,
-            self.request.target, self.request.path, self.request.args,
-        )
+        target = self.request.target
+        if self.h.passes_target and target[:1] == "/":
+            self.uri = target           # no URI part in proxy_pass: sent as received
+        else:
+            self.uri = upstream_uri(
+                self.location.proxy_pass, self.location, target,
+                self.request.path, self.request.args,
+            )
         self.exchange.on_close(self._client_gone)
         if self.request.has_body and self.location.proxy_request_buffering:
             self.body = []
@@ -244,13 +249,16 @@ class ProxyRequest:
         headers = self.h.response_plan.filter(head.headers)
         self.h.response_plan.add(headers, self.ctx)
         self.client_started = True
-        if self.location.proxy_buffering:
+        if not self.location.proxy_buffering:
+            self.exchange.register_producer(self.conn.producer)
+        elif head.content_length is None or head.content_length > SPOOL_MEMORY_LIMIT:
             self.spool = ResponseSpool(
                 self.exchange, self.conn.pause_reading, self.conn.resume_reading
             )
             self.exchange.register_producer(self.spool)
-        else:
-            self.exchange.register_producer(self.conn.producer)
+        # else: a body no larger than the spool's memory part is simply handed to the
+        # client transport, which holds it as the spool would (the upstream is free
+        # at once either way)
         self.exchange.send_head(head.status, headers, head.reason or None)
 
     def response_body(self, data: bytes) -> None:
