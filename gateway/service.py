@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, globalLogPublisher, textFileLogObserver
 
 from gateway.accesslog import AccessLog
@@ -47,6 +48,12 @@ class ListenerService(Service):
         failures = []
         self.listening.addCallbacks(self._listened, failures.append)
         if failures:
+            reason = failures[0].value
+            if isinstance(reason, CannotListenError):
+                # one line for the operator, as nginx's "bind() ... failed", not a traceback
+                raise SystemExit(
+                    f"gateway: cannot listen on {self.name}: {reason.socketError}"
+                )
             failures[0].raiseException()
 
     def _listened(self, port):

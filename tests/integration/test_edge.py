@@ -229,3 +229,33 @@ class AccessLogFile(unittest.TestCase):
             r'upstream=%s upstream_status=200 upstream_response_time=\d+\.\d{3} '
             r'request_time=\d+\.\d{3}\n$' % backends[0].address.replace(".", "\\."),
         )
+
+
+class Startup(unittest.TestCase):
+    def test_a_port_in_use_stops_startup_with_one_line_naming_the_listener(self):
+        import socket
+
+        from twisted.internet import reactor
+
+        from gateway.config import parse_config
+        from gateway.service import GatewayService
+
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        config = parse_config({
+            "gateway": {"access_log": False},
+            "upstreams": {"app": {"servers": [{"address": "127.0.0.1:1"}]}},
+            "servers": [{"listen": [f"tcp:{port}:interface=127.0.0.1"],
+                         "locations": [{"path": "/", "proxy_pass": "http://app"}]}],
+        }, "/tmp/gateway-test.toml")
+        service = GatewayService(config, reactor)
+        with self.assertRaises(SystemExit) as caught:
+            service.startService()
+        self.assertEqual(
+            str(caught.exception),
+            f"gateway: cannot listen on tcp:{port}:interface=127.0.0.1: "
+            "[Errno 98] Address already in use",
+        )
