@@ -36,6 +36,7 @@ measured from the last line feed of the bytes fed so far.
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 from typing import NamedTuple, Optional
 
 import httptools
@@ -79,6 +80,12 @@ class Upgraded(NamedTuple):
     rest: bytes
 
 
+# A NamedTuple's generated __new__ is a Python-level call; the parser builds the
+# events it makes for every request and every body piece through tuple.__new__.
+_request_started = partial(tuple.__new__, RequestStarted)
+_body_data = partial(tuple.__new__, BodyData)
+
+
 class _Reject(Exception):
     def __init__(self, status: int, reason: str):
         self.status = status
@@ -115,7 +122,7 @@ class RequestParser:
         self.upgraded = False
         self._held = b""
         self._parser = httptools.HttpRequestParser(self)
-        self._reset_message()
+        self.on_message_begin()
         self.in_head = False
 
     # -- input -------------------------------------------------------------------
@@ -154,7 +161,8 @@ class RequestParser:
         held, self._held = self._held, b""
         self.upgraded = False
         self._parser = httptools.HttpRequestParser(self)
-        self._reset_message()
+        self.on_message_begin()
+        self.in_head = False
         if held:
             self.feed(held)
 
@@ -165,7 +173,9 @@ class RequestParser:
 
     # -- llhttp callbacks ----------------------------------------------------------
 
-    def _reset_message(self) -> None:
+    def on_message_begin(self) -> None:
+        # a new request: forget the previous one (also the initial state)
+        self.in_head = True
         self._url = b""
         self._headers: list = []
         self._header_bytes = 0
@@ -179,10 +189,6 @@ class RequestParser:
         self._content_length: Optional[bytes] = None
         self._transfer_encoding: Optional[bytes] = None
         self._expect = False
-
-    def on_message_begin(self) -> None:
-        self._reset_message()
-        self.in_head = True
 
     def on_url(self, piece: bytes) -> None:
         url = self._url = self._url + piece
@@ -283,14 +289,14 @@ class RequestParser:
         head.keep_alive = parser.should_keep_alive()
         head.expect_continue = self._expect and version == "1.1"
         length = len(self._url) + len(method) + 12 + self._header_bytes
-        self.events.append(RequestStarted(head, server, length))
+        self.events.append(_request_started((head, server, length)))
 
     def on_body(self, data: bytes) -> None:
         if self._body_limit:
             self._body_seen += len(data)
             if self._body_seen > self._body_limit:
                 raise _Reject(413, "client intended to send too large chunked body")
-        self.events.append(BodyData(data))
+        self.events.append(_body_data((data,)))
 
     def on_message_complete(self) -> None:
         self.events.append(BODY_END)

@@ -170,6 +170,11 @@ class UpstreamConnection(Protocol):
         self._body_producer = None
         self._on_idle_drop: Optional[Callable[[UpstreamConnection], None]] = None
         self._connected = False
+        #: After the response ended: the request was fully sent, the response fully
+        #: read and well framed, keep-alive, and nothing arrived after it. A plain
+        #: attribute (the proxy and the pool both ask, on every request), kept current
+        #: by :meth:`_update_reusable` wherever one of those facts changes.
+        self.reusable = False
 
     def __repr__(self) -> str:
         where = self.address.text if self.address is not None else "?"
@@ -189,9 +194,14 @@ class UpstreamConnection(Protocol):
         if state == ConnectionState.BUSY:
             dispatch = self._DISPATCH
             for event in self._reader.feed(data):
-                if self._handler is None:
+                handler = self._handler
+                if handler is None:
                     break
-                dispatch[event.__class__](self, event)
+                if event.__class__ is bytes:
+                    # body pieces are most of the events of a longer response
+                    handler.response_body(event)
+                else:
+                    dispatch[event.__class__](self, event)
             # the read timeout runs between two reads; restarting it after the events
             # leaves it alone when this read ended the response (the usual case)
             if (self.state == ConnectionState.BUSY and self._timer == _READ
@@ -202,6 +212,7 @@ class UpstreamConnection(Protocol):
             self.close()
         else:
             self._reader.feed(data)  # only notes that extra bytes arrived
+            self._update_reusable()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._connected = False
@@ -228,6 +239,7 @@ class UpstreamConnection(Protocol):
                     break
                 dispatch[event.__class__](self, event)
             self.state = ConnectionState.CLOSED
+        self.reusable = False
         self._handler = None
         self._body_producer = None
 
@@ -236,6 +248,7 @@ class UpstreamConnection(Protocol):
     def pauseProducing(self) -> None:
         """The transport's write buffer is full: the upstream is not keeping up."""
         self._write_blocked = True
+        self.reusable = False
         if self._body_producer is not None:
             self._body_producer.pauseProducing()
         if self.state == ConnectionState.BUSY and self._timer != _SEND:
@@ -246,6 +259,7 @@ class UpstreamConnection(Protocol):
     def resumeProducing(self) -> None:
         """The transport flushed its buffer."""
         self._write_blocked = False
+        self._update_reusable()
         if self.state == ConnectionState.BUSY and self._timer == _SEND:
             if self._body_ended:
                 self._arm_read()
@@ -259,14 +273,6 @@ class UpstreamConnection(Protocol):
         """The transport is going away; :meth:`connectionLost` does the work."""
 
     # -- the proxy's API ---------------------------------------------------------
-
-    @property
-    def reusable(self) -> bool:
-        """After the response ended: the request was fully sent, the response fully
-        read and well framed, keep-alive, and nothing arrived after it."""
-        return (self.state in (ConnectionState.READY, ConnectionState.IDLE)
-                and self._body_ended and not self._early_response
-                and not self._write_blocked and self._reader.reusable)
 
     def send_request(self, head: bytes, handler: ResponseHandler, *, method: str,
                      body: str, read_timeout: float, send_timeout: float) -> None:
@@ -286,6 +292,7 @@ class UpstreamConnection(Protocol):
             raise RuntimeError(f"send_request on a {state} upstream connection")
         self.requests += 1
         self.state = ConnectionState.BUSY
+        self.reusable = False
         self._handler = handler
         self._flow = None
         self._read_timeout = read_timeout
@@ -382,6 +389,7 @@ class UpstreamConnection(Protocol):
         self._handler = None
         self._reader.abandon()
         self.state = ConnectionState.CLOSED
+        self.reusable = False
         self.deadline = None
         if state == ConnectionState.IDLE:
             self._leave_pool_dropped()
@@ -421,6 +429,11 @@ class UpstreamConnection(Protocol):
         else:
             self.deadline = None
 
+    def _update_reusable(self) -> None:
+        self.reusable = (self.state in (ConnectionState.READY, ConnectionState.IDLE)
+                         and self._body_ended and not self._early_response
+                         and not self._write_blocked and self._reader.reusable)
+
     def _arm_read(self) -> None:
         self._timer = _READ
         self.deadline = (None if self._reading_paused
@@ -454,9 +467,6 @@ class UpstreamConnection(Protocol):
     def _on_head(self, head: ResponseHead) -> None:
         self._handler.response_head(head)
 
-    def _on_body(self, data: bytes) -> None:
-        self._handler.response_body(data)
-
     def _on_end(self, _end) -> None:
         handler = self._handler
         self._finish()
@@ -465,6 +475,7 @@ class UpstreamConnection(Protocol):
             # an early response (say 413) before the body was sent: the upstream
             # will not read the rest, so this connection cannot carry another request
             self._early_response = True
+        self._update_reusable()
         handler.response_end()
 
     def _error(self, error: UpstreamError) -> None:
@@ -488,7 +499,6 @@ class UpstreamConnection(Protocol):
 
     _DISPATCH = {
         ResponseHead: _on_head,
-        bytes: _on_body,
         type(RESPONSE_END): _on_end,
         UpstreamError: _error,
     }

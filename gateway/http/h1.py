@@ -56,25 +56,20 @@ _NO_BODY_STATUSES = frozenset((204, 304))
 _IDLE, _HEADER, _BODY, _DISCARD = "idle", "header", "body", "discard"
 
 
-def _request_ids():
-    """``$request_id`` values: 16 bytes of ``os.urandom`` as 32 hex digits, read for
-    256 requests at a time (a read per request was a measurable share of one)."""
-    while True:
-        block = os.urandom(16 * 256).hex()
-        for start in range(0, len(block), 32):
-            yield block[start:start + 32]
+#: ``$request_id`` values not handed out yet (popped, so the order is the reverse).
+_request_ids: list = []
 
 
-_next_request_id = _request_ids().__next__
+def _refill_request_ids() -> str:
+    """Reads 16 bytes of ``os.urandom`` as 32 hex digits for 256 requests at a time (a
+    read per request was a measurable share of one); returns the first id."""
+    block = os.urandom(16 * 256).hex()
+    _request_ids[:] = [block[start:start + 32] for start in range(0, len(block), 32)]
+    return _request_ids.pop()
 
 
-def _reset_request_ids() -> None:
-    # a forked child must not hand out the ids left in its parent's block
-    global _next_request_id
-    _next_request_id = _request_ids().__next__
-
-
-os.register_at_fork(after_in_child=_reset_request_ids)
+# a forked child must not hand out the ids left in its parent's block
+os.register_at_fork(after_in_child=_request_ids.clear)
 
 
 class H1Exchange:
@@ -103,7 +98,7 @@ class H1Exchange:
         self.connection = proto.info
         self.server = server
         self.start_time = start_time
-        self.request_id = _next_request_id()
+        self.request_id = _request_ids.pop() if _request_ids else _refill_request_ids()
         self.variables = {}
         self.status = 0
         self.body_bytes_sent = 0
@@ -225,8 +220,12 @@ class H1Exchange:
             connection = b"Connection: keep-alive\r\n"
         else:
             connection = b""
-        return serialize_head(b"HTTP/1.1", self.status, reason, headers,
-                              proto.factory.date() if self._own_date else None,
+        date = None
+        if self._own_date:
+            factory = proto.factory
+            second = int(proto.clock.seconds())
+            date = factory._date if second == factory._date_second else factory._format_date(second)
+        return serialize_head(b"HTTP/1.1", self.status, reason, headers, date,
                               framing, connection, server=self._own_server)
 
     def send_body(self, data: bytes) -> None:
@@ -244,11 +243,11 @@ class H1Exchange:
             return
         self.body_bytes_sent += len(data)
         if self._chunked:
-            self._write(b"".join((head, b"%x\r\n" % len(data), data, b"\r\n")))
+            data = b"".join((head, b"%x\r\n" % len(data), data, b"\r\n"))
         elif head:
-            self._write(head + data)
-        else:
-            self._write(data)
+            data = head + data
+        self.bytes_sent += len(data)
+        self._proto.transport.write(data)
 
     def finish(self) -> None:
         if self._done:
@@ -375,10 +374,19 @@ class HTTP11Protocol(Protocol):
             return
         if self._closing:
             return
-        self._last_read = self.clock.seconds()
+        now = self._last_read = self.clock.seconds()
         parser = self.parser
         events = parser.events
         parser.feed(data)
+        if (len(events) == 2 and events[1] is BODY_END and self._exchange is None
+                and not self._queue and not self._advancing
+                and type(events[0]) is RequestStarted):
+            # the common read, one whole request without a body: no queueing needed
+            started = events[0]
+            events.clear()
+            self._start(started, now, body_complete=True)
+            self._update()
+            return
         if events:
             queue = self._queue
             for event in events:
@@ -429,7 +437,7 @@ class HTTP11Protocol(Protocol):
                 if exchange is None:
                     queue.popleft()
                     if kind is RequestStarted:
-                        self._start(event)
+                        self._start(event, self.clock.seconds())
                     elif kind is Rejected:
                         self._refuse(event)
                     elif kind is Upgraded:
@@ -474,16 +482,19 @@ class HTTP11Protocol(Protocol):
             self._queue.append(event)
         events.clear()
 
-    def _start(self, event: RequestStarted) -> None:
+    def _start(self, event: RequestStarted, now: float, body_complete: bool = False) -> None:
+        """Run the handler for a request; ``body_complete`` says its ``BODY_END`` was
+        taken already (else it is taken here if it is next in the queue)."""
         head, server = event.head, event.server
         self._requests += 1
         keep_alive = head.keep_alive and self._requests < server.keepalive_requests
-        now = self.clock.seconds()
         exchange = H1Exchange(self, head, server, now, event.head_length, keep_alive)
         self._exchange = exchange
         self._head_started = None
         queue = self._queue
-        if queue and queue[0] is BODY_END:
+        if body_complete:
+            exchange._body_complete = True
+        elif queue and queue[0] is BODY_END:
             queue.popleft()
             exchange._body_complete = True
         else:
@@ -543,7 +554,12 @@ class HTTP11Protocol(Protocol):
         exchange._done = True
         if exchange._producer is not None:
             exchange.unregister_producer()
-        self._report(exchange)
+        done = self.factory.on_exchange_done
+        if done is not None:
+            try:
+                done(exchange)
+            except Exception:
+                log.failure("on_exchange_done failed for {exchange!r}", exchange=exchange)
         if aborted or not exchange.keep_alive:
             self._close()
             return
@@ -556,9 +572,13 @@ class HTTP11Protocol(Protocol):
             exchange._discarding = True
             exchange._discard_started = now
             self._last_read = now
-        self._advance()
+        if self._queue:
+            self._advance()
+        else:
+            self._update()
 
     def _report(self, exchange: H1Exchange) -> None:
+        # _exchange_done does the same inline (one call less per request)
         done = self.factory.on_exchange_done
         if done is not None:
             try:
@@ -575,22 +595,20 @@ class HTTP11Protocol(Protocol):
     # -- flow control and deadlines --------------------------------------------------
 
     def _update(self) -> None:
+        """Pause or resume reading and set the deadline, as the state now asks."""
+        if self._closing:
+            self.deadline = None
+            return
         exchange = self._exchange
         want_pause = self._queued_bytes > PIPELINE_BUFFER or (
             exchange is not None and exchange._body_paused and not exchange._discarding)
-        if want_pause != self._reading_paused and not self._closing:
+        if want_pause != self._reading_paused:
             self._reading_paused = want_pause
             if want_pause:
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
-        self._set_deadline()
-
-    def _set_deadline(self) -> None:
-        exchange = self._exchange
-        if self._closing:
-            self.deadline = None
-        elif exchange is None:
+        if exchange is None:
             if self.parser.in_head or self._requests == 0:
                 if self._head_started is None:
                     self._head_started = self._last_read
@@ -674,6 +692,11 @@ class HTTP11Factory(ServerFactory):
         """The ``Date`` value, formatted at most once per clock second."""
         second = int(self.clock.seconds())
         if second != self._date_second:
-            self._date_second = second
-            self._date = formatdate(second, usegmt=True).encode("ascii")
+            return self._format_date(second)
+        return self._date
+
+    def _format_date(self, second: int) -> bytes:
+        # H1Exchange reads _date itself while _date_second is current
+        self._date_second = second
+        self._date = formatdate(second, usegmt=True).encode("ascii")
         return self._date

@@ -158,6 +158,27 @@ def test_extra_bytes_arriving_later_forbid_reuse():
     assert not connection.reusable
 
 
+def test_reusable_follows_the_connection_from_request_to_close():
+    """``reusable`` is an attribute kept current: false while busy, while the request
+    still sits in a full write buffer and once closed; true again when that buffer drains."""
+    connection, _, _, _ = connected()
+    assert not connection.reusable
+    send(connection)
+    assert not connection.reusable
+    connection.dataReceived(OK)
+    assert connection.reusable
+    connection.pauseProducing()
+    assert not connection.reusable
+    connection.resumeProducing()
+    assert connection.reusable
+    send(connection)
+    assert not connection.reusable
+    connection.dataReceived(OK)
+    assert connection.reusable
+    connection.close()
+    assert not connection.reusable
+
+
 def test_close_delimited_response_ends_at_eof_and_is_not_reusable():
     connection, _, _, _ = connected()
     handler = send(connection)

@@ -369,6 +369,29 @@ def test_keepalive_requests_limit_closes_after_nth_response():
     assert c.closed
 
 
+def test_request_ids_are_unique_across_blocks_of_random_bytes():
+    """Ids come from blocks read for 256 requests; crossing blocks repeats none."""
+    c = Connection(ok_length())
+    for _ in range(600):
+        c.send(GET)
+    ids = [exchange.request_id for exchange in c.exchanges]
+    assert len(set(ids)) == 600
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_no_deadline_while_the_handler_works_then_keepalive_timeout_from_the_response():
+    """A request read whole in one piece stops the header deadline; the idle one
+    starts when the response is finished, not when the request arrived."""
+    c = Connection(keepalive_timeout=5.0)
+    c.send(GET)
+    assert c.protocol.deadline is None
+    c.clock.advance(60)
+    (exchange,) = c.exchanges
+    ok_length()(exchange)
+    assert c.protocol.deadline == START + 60 + 5.0
+    assert not c.closed
+
+
 def test_keepalive_timeout_closes_idle_connection_silently():
     c = Connection(ok_length(), keepalive_timeout=5.0)
     c.send(GET)
