@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import Any, Optional, Protocol
 
-if TYPE_CHECKING:
-    from gateway.upstream.group import Attempts
-    from gateway.upstream.peer import Peer
+#: a ``gateway.upstream.peer.Peer`` (not imported: peer.py builds on this module)
+Peer = Any
 
 
 class Outcome(enum.Enum):
@@ -41,6 +40,13 @@ class PickContext:
     hash_key: str = ""
 
 
+class Candidates(Protocol):
+    """What a balancer may ask of one request's attempts (``group.Attempts``)."""
+
+    def eligible(self, peer: Peer, now: float) -> bool:
+        """May ``peer`` be tried by this request now?"""
+
+
 class Balancer(Protocol):
     """One balancing method over one tier (primary or backup) of a group.
 
@@ -59,5 +65,5 @@ class Balancer(Protocol):
     def __init__(self, peers: list[Peer]) -> None: ...
 
     def pick(
-        self, attempts: Attempts, context: PickContext, now: float
+        self, attempts: Candidates, context: PickContext, now: float
     ) -> Optional[Peer]: ...

@@ -28,13 +28,10 @@ backup tier are handled there too, so every balancing method shares them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-from gateway.upstream._interfaces import PickContext
+from gateway.upstream._interfaces import Candidates, PickContext
 from gateway.upstream.peer import Peer
-
-if TYPE_CHECKING:
-    from gateway.upstream.group import Attempts
 
 
 class RoundRobin:
@@ -46,7 +43,7 @@ class RoundRobin:
     def __init__(self, peers: list[Peer]):
         self.peers = peers
 
-    def pick(self, attempts: Attempts, context: PickContext, now: float) -> Optional[Peer]:
+    def pick(self, attempts: Candidates, context: PickContext, now: float) -> Optional[Peer]:
         best: Optional[Peer] = None
         total = 0
         for peer in self.peers:
