@@ -140,6 +140,9 @@ class ProxyRequest:
 
     def _buffered_body_done(self) -> None:
         self.body_complete = True
+        # nginx starts the upstream part (and proxy_next_upstream_timeout) once the
+        # buffered body has been read: a slow upload does not use up the retry window
+        self.started = self.clock.seconds()
         self._next_peer()
 
     # -- choosing a peer and a connection --------------------------------------
