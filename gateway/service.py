@@ -109,11 +109,11 @@ class GatewayService(MultiService):
         d = defer.gatherResults([s.listening for s in listeners], consumeErrors=True)
         return d.addCallback(lambda ports: {s.name: p for s, p in zip(listeners, ports)})
 
-    def _proxy_handler(self, location):
+    def _proxy_handler(self, location, response_plan):
         name = location.proxy_pass.upstream
         return ProxyHandler(
             location, self.manager.group(name), self.pools[name], self.connector,
-            self.reactor,
+            self.reactor, response_plan,
         )
 
     def startService(self):

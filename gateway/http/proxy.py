@@ -69,7 +69,8 @@ def proxy_host(proxy_pass) -> str:
 class ProxyHandler:
     """The handler of one ``proxy_pass`` location: shared, precompiled parts."""
 
-    def __init__(self, location, group, pool, connector, clock):
+    def __init__(self, location, group, pool, connector, clock,
+                 response_plan: Optional[ResponseHeaderPlan] = None):
         self.location = location
         self.group = group
         self.pool = pool
@@ -77,7 +78,7 @@ class ProxyHandler:
         self.clock = clock
         keepalive = group.settings.keepalive > 0
         self.request_plan = RequestHeaderPlan(location, keepalive=keepalive)
-        self.response_plan = ResponseHeaderPlan(location)
+        self.response_plan = response_plan or ResponseHeaderPlan(location)
         self.proxy_host = proxy_host(location.proxy_pass)
         self.passes_target = location.proxy_pass.uri is None
 

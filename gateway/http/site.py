@@ -33,12 +33,12 @@ class Route:
 class ReturnHandler:
     """``return = { status, url }`` or ``{ status, body }``, with variables."""
 
-    def __init__(self, location, clock):
+    def __init__(self, location, response_plan: ResponseHeaderPlan, clock):
         action = location.return_
         self.status = action.status
         self.url = compile_template(action.url) if action.url is not None else None
         self.body = compile_template(action.body) if action.body is not None else None
-        self.response_plan = ResponseHeaderPlan(location)
+        self.response_plan = response_plan
         self.clock = clock
 
     def __call__(self, exchange) -> None:
@@ -90,14 +90,13 @@ class Site:
         for server in servers:
             routes = {}
             for location in server.locations:
+                response_plan = ResponseHeaderPlan(location)
                 if location.proxy_pass is not None:
-                    handler = make_proxy_handler(location)
+                    handler = make_proxy_handler(location, response_plan)
                 else:
-                    handler = ReturnHandler(location, clock)
+                    handler = ReturnHandler(location, response_plan, clock)
                 access = AccessList(location.access) if location.access else None
-                routes[id(location)] = Route(
-                    location, access, ResponseHeaderPlan(location), handler
-                )
+                routes[id(location)] = Route(location, access, response_plan, handler)
             self._routes[server.index] = (LocationMatcher(server.locations), routes)
 
     def __call__(self, exchange) -> None:

@@ -346,6 +346,22 @@ def sleep(seconds: float) -> defer.Deferred:
 # -- the gateway -----------------------------------------------------------------
 
 
+def proxy_config(servers: str, location_extra: str = "") -> str:
+    """One group ``app`` of ``servers`` (TOML inline tables) behind ``location /``,
+    which reports ``$upstream_addr`` and ``$upstream_status`` as X-Upstream and
+    X-Upstream-Status; ``location_extra`` adds keys to the location."""
+    return """
+    [gateway]
+    access_log = false
+    [upstreams.app]
+    servers = [ %s ]
+    [[servers]]
+    listen = ["tcp:0:interface=127.0.0.1"]
+    locations = [ { path = "/", proxy_pass = "http://app", add_header = { X-Upstream = "$upstream_addr", X-Upstream-Status = "$upstream_status" } %s } ]
+    """ % (servers, location_extra)
+
+
+
 async def start_gateway(testcase, toml: str, backends=(), **addresses) -> tuple[GatewayService, int]:
     """Start a gateway from ``toml``; ``{b0}``… are the backends' addresses and any
     keyword replaces ``{name}``. Listen descriptions should use port 0. Returns the

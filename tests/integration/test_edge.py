@@ -28,6 +28,8 @@ locations = [
   { path = "/api/", proxy_pass = "http://app/v2/" },
   { path = "= /ping", return = { status = 200, body = "pong $remote_addr\\n" } },
   { path = "/private/", proxy_pass = "http://app", access = ["deny 127.0.0.1", "allow all"] },
+  { path = "= /gone", return = { status = 444 } },
+  { path = "= /moved", return = { status = 302, url = "/new?from=$uri" } },
 ]
 """
 
@@ -137,6 +139,23 @@ class Routing(unittest.TestCase):
         _, port = await start_gateway(self, CONFIG, backends)
         response = await get(port, "/ping")
         self.assertEqual((response.status, response.body), (200, b"pong 127.0.0.1\n"))
+
+    async def test_return_444_closes_the_connection_without_a_response(self):
+        backends = start_backends(self, "b")
+        _, port = await start_gateway(self, CONFIG, backends)
+        client, responses = await request(port, b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        await client.wait_closed()
+        self.assertEqual((responses, client.received), ([], b""))
+
+    async def test_relative_return_url_is_made_absolute_as_nginx_does(self):
+        backends = start_backends(self, "b")
+        _, port = await start_gateway(self, CONFIG, backends)
+        response = await get(port, "/moved", host="example.org")
+        self.assertEqual(response.status, 302)
+        self.assertEqual(
+            response.header("Location"), "http://example.org:%d/new?from=/moved" % port
+        )
+        self.assertIn(b"<title>302 Found</title>", response.body)
 
     async def test_denied_address_gets_403_and_never_reaches_the_peer(self):
         backends = start_backends(self, "b")

@@ -6,18 +6,7 @@ from tests.integration.harness import (
     BlackholeListener, closed_port, connect, get, request, sleep, start_backends,
     start_gateway,
 )
-
-
-def config(servers: str, location_extra: str = "") -> str:
-    return """
-    [gateway]
-    access_log = false
-    [upstreams.app]
-    servers = [ %s ]
-    [[servers]]
-    listen = ["tcp:0:interface=127.0.0.1"]
-    locations = [ { path = "/", proxy_pass = "http://app", add_header = { X-Upstream = "$upstream_addr", X-Upstream-Status = "$upstream_status" } %s } ]
-    """ % (servers, location_extra)
+from tests.integration.harness import proxy_config as config
 
 
 TWO = '{ address = "{b0}" }, { address = "{b1}" }'
