@@ -38,7 +38,7 @@ from gateway.http.exchange import UpstreamState
 from gateway.http.headers import RequestHeaderPlan, ResponseHeaderPlan
 from gateway.http.routing import upstream_uri
 from gateway.http.spool import DEFAULT_MEMORY_LIMIT as SPOOL_MEMORY_LIMIT, ResponseSpool
-from gateway.http.variables import VariableContext
+from gateway.http.variables import VariableContext, compile_template
 from gateway.upstream import Outcome, PickContext
 
 log = Logger()
@@ -81,6 +81,16 @@ class ProxyHandler:
         self.response_plan = response_plan or ResponseHeaderPlan(location)
         self.proxy_host = proxy_host(location.proxy_pass)
         self.passes_target = location.proxy_pass.uri is None
+        hash_key = group.settings.hash_key
+        #: ``hash_key`` of the group compiled (validated at load), rendered per request
+        self.hash_key = compile_template(hash_key).renderer if hash_key else None
+
+    def pick_context(self, exchange, ctx: VariableContext) -> Optional[PickContext]:
+        """What the group's balancer needs of this request (None for round robin)."""
+        if not self.group.needs_context:
+            return None
+        hash_key = self.hash_key(ctx) if self.hash_key is not None else ""
+        return PickContext(remote_addr=exchange.connection.remote_addr, hash_key=hash_key)
 
     def __call__(self, exchange) -> None:
         ProxyRequest(self, exchange).start()
@@ -152,11 +162,7 @@ class ProxyRequest:
         if self.done:
             return
         group = self.h.group
-        context = (
-            PickContext(remote_addr=self.exchange.connection.remote_addr)
-            if group.needs_context else None
-        )
-        self.lease = group.acquire(self.attempts, context)
+        self.lease = group.acquire(self.attempts, self.h.pick_context(self.exchange, self.ctx))
         if self.lease is None:
             log.error(
                 "no live upstreams while connecting to upstream {upstream}",

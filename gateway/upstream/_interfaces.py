@@ -41,7 +41,13 @@ class PickContext:
 
 
 class Candidates(Protocol):
-    """What a balancer may ask of one request's attempts (``group.Attempts``)."""
+    """What a balancer may ask of one request's attempts (``group.Attempts``).
+
+    ``balancer_state`` is the balancer's own per-request value kept across retries
+    (None at the first pick), for methods that continue where the last pick stopped.
+    """
+
+    balancer_state: Any
 
     def eligible(self, peer: Peer, now: float) -> bool:
         """May ``peer`` be tried by this request now?"""
@@ -67,3 +73,7 @@ class Balancer(Protocol):
     def pick(
         self, attempts: Candidates, context: PickContext, now: float
     ) -> Optional[Peer]: ...
+
+    def peers_changed(self) -> None:
+        """The tier's peer list (the list given to ``__init__``, changed in place) has
+        gained or lost peers (``resolve = true``): rebuild what is derived from it."""

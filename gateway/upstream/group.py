@@ -43,12 +43,15 @@ class Attempts:
     acquired, in order (for ``$upstream_addr``).
     """
 
-    __slots__ = ("group", "tries", "tried", "_backup", "_tried_in_tier")
+    __slots__ = ("group", "tries", "tried", "balancer_state", "_backup", "_tried_in_tier")
 
     def __init__(self, group: UpstreamGroup, tries: int):
         self.group = group
         self.tries = tries
         self.tried: list[Peer] = []
+        #: per-request state a balancer keeps across retries (nginx's
+        #: ``iphp->hash``/``hp->hash``); None until the balancer sets it
+        self.balancer_state = None
         self._backup = False
         # nginx's ``tried`` bitmap: only for the tier in use, cleared on the switch.
         self._tried_in_tier: set[Peer] = set()

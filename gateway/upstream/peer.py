@@ -34,6 +34,7 @@ class Peer:
         "settings", "address", "name", "weight", "effective_weight",
         "current_weight", "conns", "fails", "accessed", "checked", "max_fails",
         "fail_timeout", "max_conns", "down", "backup", "requests", "failures",
+        "healthy",
     )
 
     def __init__(self, settings: PeerSettings):
@@ -55,6 +56,9 @@ class Peer:
         # Totals for status pages and metrics; nginx has no equivalent of these two.
         self.requests: int = 0
         self.failures: int = 0
+        #: set by active health checks (``gateway.health``); an unhealthy peer is
+        #: skipped like a failed one. A peer is healthy until its first probe says not.
+        self.healthy: bool = True
 
     def __repr__(self) -> str:
         return (
@@ -80,12 +84,17 @@ class Peer:
 
         ``failed_at`` and ``at_max_conns`` written out: this runs for every candidate
         of every pick."""
-        if self.down:
+        if self.down or not self.healthy:
             return False
         if (self.max_fails and self.fails >= self.max_fails
                 and now - self.checked <= self.fail_timeout):
             return False
         return not (self.max_conns and self.conns >= self.max_conns)
+
+    def weight_now(self, now: float) -> float:
+        """The weight balancers that honour ``slow_start`` use at ``now``: ``weight``,
+        or less while the peer ramps up after recovering."""
+        return self.weight
 
     def start_probe_if_due(self, now: float) -> None:
         """Called when the peer is picked: once ``fail_timeout`` has passed since the

@@ -43,6 +43,9 @@ class RoundRobin:
     def __init__(self, peers: list[Peer]):
         self.peers = peers
 
+    def peers_changed(self) -> None:
+        pass   # nothing derived from the list
+
     def pick(self, attempts: Candidates, context: PickContext, now: float) -> Optional[Peer]:
         best: Optional[Peer] = None
         total = 0
