@@ -122,7 +122,9 @@ class UpstreamGroup:
         #: can skip building one per request
         self.needs_context: bool = getattr(cls, "needs_context", True)
         self._primary: Balancer = cls(self.peers)
-        self._backup: Optional[Balancer] = cls(self.backups) if self.backups else None
+        # nginx's least_conn serves its backup tier by plain round robin
+        backup_cls = getattr(cls, "backup_balancer", cls)
+        self._backup: Optional[Balancer] = backup_cls(self.backups) if self.backups else None
         self.single = len(self.peers) == 1 and not self.backups
 
     def __repr__(self) -> str:

@@ -91,6 +91,10 @@ class Peer:
             return False
         return not (self.max_conns and self.conns >= self.max_conns)
 
+    def set_healthy(self, healthy: bool, now: float) -> None:
+        """Active health checks' verdict (``gateway.upstream.health``)."""
+        self.healthy = healthy
+
     def weight_now(self, now: float) -> float:
         """The weight balancers that honour ``slow_start`` use at ``now``: ``weight``,
         or less while the peer ramps up after recovering."""
