@@ -28,9 +28,9 @@ class Options(usage.Options):
 
 def _install_reactor():
     if "twisted.internet.reactor" not in sys.modules:
-        from twisted.internet import asyncioreactor
+        from gateway.reactor import install
 
-        asyncioreactor.install()
+        install()
     from twisted.internet import reactor
 
     return reactor
