@@ -552,6 +552,12 @@ class HTTP11Protocol(Protocol):
 
     def _exchange_done(self, exchange: H1Exchange, aborted: bool) -> None:
         exchange._done = True
+        # Close callbacks and the body receiver serve an unfinished exchange only.
+        # Dropping them now also breaks the handler <-> exchange reference cycles, so a
+        # finished request's objects are freed by reference counting instead of
+        # waiting for (and being promoted through) the cyclic garbage collector.
+        exchange._close_callbacks = None
+        exchange._receiver = None
         if exchange._producer is not None:
             exchange.unregister_producer()
         done = self.factory.on_exchange_done
