@@ -20,10 +20,13 @@ from gateway.eagerwrite import eager_reactor
 from gateway.http.client import UpstreamConnector
 from gateway.http.h1 import HTTP11Factory
 from gateway.http.pool import ConnectionPool
+from gateway.http.probes import make_probe
 from gateway.http.proxy import ProxyHandler
 from gateway.http.routing import ServerSelector
 from gateway.http.site import Site
 from gateway.upstream import UpstreamManager
+from gateway.upstream.health import HealthChecker
+from gateway.upstream.resolve import ResolveService
 
 log = Logger()
 
@@ -102,6 +105,26 @@ class GatewayService(MultiService):
             listener = ListenerService(serverFromString(network, description), factory)
             listener.setName(description)
             listener.setServiceParent(self)
+        #: active health checks, one per group with ``health_check``; a group whose
+        #: peers change at run time calls ``health_checkers[name].peers_changed()``
+        self.health_checkers = {}
+        for name, settings in config.upstreams.items():
+            if settings.health_check is not None:
+                checker = HealthChecker(
+                    self.manager.group(name), settings.health_check,
+                    make_probe(settings.health_check, self.connector), reactor,
+                )
+                checker.setName(f"health_check {name}")
+                checker.setServiceParent(self)
+                self.health_checkers[name] = checker
+        # resolve = true: peers that follow DNS. Added after the health checks, so the
+        # first answer's peers find them running.
+        self.resolvers = ResolveService(self.manager, config.gateway, reactor)
+        self.resolvers.setName("resolve")
+        self.resolvers.setServiceParent(self)
+        for group in self.manager:
+            group.membership_observers.append(
+                lambda added, removed, name=group.name: self._peers_changed(name, removed))
 
     def listening(self):
         """A Deferred firing with ``{description: IListeningPort}`` once all listen."""
@@ -115,6 +138,18 @@ class GatewayService(MultiService):
             location, self.manager.group(name), self.pools[name], self.connector,
             self.reactor, response_plan,
         )
+
+    def _peers_changed(self, name, removed):
+        """Group ``name`` gained or lost peers (``resolve = true``): close the idle
+        connections to peers that left, and let its health checks follow."""
+        group = self.manager.group(name)
+        present = {p.name for p in group.peers} | {p.name for p in group.backups}
+        for peer in removed:
+            if peer.name not in present:
+                self.pools[name].close_peer(peer.name)
+        checker = self.health_checkers.get(name)
+        if checker is not None:
+            checker.peers_changed()
 
     def startService(self):
         path = self.config.gateway.error_log

@@ -40,7 +40,26 @@ _DEFAULT_SERVER = ServerSettings(index=0, listen=(), locations=())
 
 
 def _real_ip_source(value: object) -> str:
-    return (access_address(value, allow=True).network or "unix:")
+    """A ``set_real_ip_from`` entry: an address or CIDR (host bits are dropped, as
+    nginx does after its warning) or ``"unix:"``. Unlike access rules there is no
+    ``all``, and unlike nginx no host name (it would be resolved at load)."""
+    if value != "all":
+        try:
+            return access_address(value, allow=True).network or "unix:"
+        except ValueError:
+            pass
+    raise ValueError(f'must be an IPv4/IPv6 address, a CIDR or "unix:", got {show(value)}')
+
+
+def _real_ip_header(value: object) -> str:
+    """``real_ip_header``: a header name. nginx's ``proxy_protocol`` needs the PROXY
+    protocol on ``listen``, which the gateway does not accept."""
+    name = header_name(value)
+    if name == "proxy_protocol":
+        raise ValueError('"proxy_protocol" is not supported: listeners do not accept the '
+                         "PROXY protocol; name the header your proxy sets, e.g. "
+                         '"X-Forwarded-For"')
+    return name
 
 
 def _server_name(value: object) -> str:
@@ -108,12 +127,8 @@ class ServerReader:
         http2 = t.get("http2", d.http2, boolean)
         if t.data.get("http2") is True:
             t.unsupported("http2")
-        real_ip_header = t.get("real_ip_header", d.real_ip_header, header_name)
-        if real_ip_header is not None:
-            t.unsupported("real_ip_header")
+        real_ip_header = t.get("real_ip_header", d.real_ip_header, _real_ip_header)
         set_real_ip_from = t.list("set_real_ip_from", _real_ip_source)
-        if set_real_ip_from:
-            t.unsupported("set_real_ip_from")
 
         locations = tuple(self.locations.location(p, item)
                           for p, item in t.tables("locations", required=True))

@@ -38,11 +38,13 @@ UPSTREAM_KEYS = ("balance", "hash_key", "consistent", "two", "keepalive",
                  "servers", "health_check", "tls")
 BALANCES = ("round_robin", "least_conn", "ip_hash", "hash", "random")
 NO_BACKUP_BALANCES = ("ip_hash", "hash", "random")
+NO_SLOW_START_BALANCES = ("ip_hash", "hash", "random")
 PEER_KEYS = ("address", "weight", "max_fails", "fail_timeout", "max_conns", "backup",
              "down", "slow_start", "resolve")
 QUEUE_KEYS = ("size", "timeout")
 HEALTH_CHECK_KEYS = ("type", "uri", "grpc_service", "interval", "timeout", "fails",
                      "passes", "status", "body", "headers")
+HTTP_HEALTH_CHECK_KEYS = ("uri", "status", "body", "headers")
 UPSTREAM_TLS_KEYS = ("verify", "ca", "server_name", "certificate", "key")
 
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -84,26 +86,21 @@ class UpstreamReader:
         t = Table(self.errors, path, value, UPSTREAM_KEYS)
         d = _DEFAULT_UPSTREAM
         balance = t.get("balance", d.balance, choice(*BALANCES))
-        if balance != "round_robin":
-            t.unsupported("balance")
         hash_key = t.get("hash_key", d.hash_key, nonempty_string)
         if hash_key is not None:
             template(self.errors, t.at("hash_key"), hash_key)
             if balance != "hash":
                 t.error("hash_key", 'only allowed with balance = "hash"')
-            t.unsupported("hash_key")
         elif balance == "hash" and not t.has("hash_key"):
             t.error("hash_key", 'required with balance = "hash"')
         consistent = t.get("consistent", d.consistent, boolean)
         if consistent:
             if balance != "hash":
                 t.error("consistent", 'only allowed with balance = "hash"')
-            t.unsupported("consistent")
         two = t.get("two", d.two, boolean)
         if two:
             if balance != "random":
                 t.error("two", 'only allowed with balance = "random"')
-            t.unsupported("two")
         pooling = {
             "keepalive": t.get("keepalive", d.keepalive, integer(0)),
             "keepalive_requests": t.get("keepalive_requests", d.keepalive_requests,
@@ -117,11 +114,9 @@ class UpstreamReader:
         queue = None
         if t.has("queue"):
             queue = self.queue(t.at("queue"), t.data["queue"])
-            t.unsupported("queue")
         health_check = None
         if t.has("health_check"):
             health_check = self.health_check(t.at("health_check"), t.data["health_check"])
-            t.unsupported("health_check")
         tls = None
         if t.has("tls"):
             tls = self.upstream_tls(t.at("tls"), t.data["tls"])
@@ -152,13 +147,13 @@ class UpstreamReader:
         if backup and balance in NO_BACKUP_BALANCES:
             t.error("backup", f'not allowed with balance = "{balance}"')
         slow_start = t.get("slow_start", d.slow_start, parse_duration)
-        if slow_start > 0:
-            t.unsupported("slow_start")
+        if slow_start > 0 and balance in NO_SLOW_START_BALANCES:
+            # NGINX Plus: "cannot be used along with the hash, ip_hash, and random"
+            t.error("slow_start", f'not allowed with balance = "{balance}"')
         resolve = t.get("resolve", d.resolve, boolean)
-        if resolve:
-            if address is not None and address.is_unix:
-                t.error("resolve", "not allowed with a unix: address")
-            t.unsupported("resolve")
+        # with an IP literal resolve changes nothing, as in nginx (gateway.upstream.resolve)
+        if resolve and address is not None and address.is_unix:
+            t.error("resolve", "not allowed with a unix: address")
         return PeerSettings(
             address=address,
             weight=t.get("weight", d.weight, integer(1)),
@@ -175,7 +170,7 @@ class UpstreamReader:
         t = Table(self.errors, path, value, QUEUE_KEYS)
         d = QueueSettings()
         return QueueSettings(size=t.get("size", d.size, integer(1)),
-                             timeout=t.get("timeout", d.timeout, parse_duration))
+                             timeout=t.get("timeout", d.timeout, positive_duration))
 
     def health_check(self, path: str, value: object) -> HealthCheckSettings:
         t = Table(self.errors, path, value, HEALTH_CHECK_KEYS)
@@ -186,7 +181,7 @@ class UpstreamReader:
                 raise ValueError(f'must be a path starting with "/", got {show(v)}')
             return v
 
-        return HealthCheckSettings(
+        settings = HealthCheckSettings(
             type=t.get("type", d.type, choice("http", "grpc", "tcp")),
             uri=t.get("uri", d.uri, uri),
             grpc_service=t.get("grpc_service", d.grpc_service, string),
@@ -198,6 +193,16 @@ class UpstreamReader:
             body=t.get("body", d.body, nonempty_string),
             headers=header_table(t, "headers", templates=False),
         )
+        # keys that mean nothing for the chosen type are mistakes, not silent no-ops
+        if settings.type != "http":
+            for key in HTTP_HEALTH_CHECK_KEYS:
+                if t.has(key):
+                    t.error(key, 'only allowed with type = "http"')
+        if settings.type != "grpc" and settings.grpc_service:
+            t.error("grpc_service", 'only allowed with type = "grpc"')
+        if settings.type == "grpc":
+            t.unsupported("type")   # the gRPC health probe comes with the gRPC package
+        return settings
 
     def upstream_tls(self, path: str, value: object) -> UpstreamTLSSettings:
         t = Table(self.errors, path, value, UPSTREAM_TLS_KEYS)

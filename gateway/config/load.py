@@ -201,8 +201,6 @@ class _Loader:
             template(self.errors, t.at("access_log_format"), access_log_format)
         error_log = t.get("error_log", d.error_log, self.log_path)
         resolver = t.list("resolver", self.resolver_address, single=False)
-        if resolver:
-            t.unsupported("resolver")
         return GatewaySettings(
             workers=workers,
             access_log=access_log,

@@ -233,8 +233,8 @@ class ServerSettings:
     keepalive_timeout: float = 75.0
     keepalive_requests: int = 1000
     large_client_header_buffers: int = 8 * 1024
-    real_ip_header: Optional[str] = None
-    set_real_ip_from: tuple[str, ...] = ()
+    real_ip_header: Optional[str] = None       # None: "X-Real-IP", nginx's default
+    set_real_ip_from: tuple[str, ...] = ()     # network texts ("10.0.0.0/8") and "unix:"
 
 
 # -- zones, caches, gRPC front doors ----------------------------------------------

@@ -23,14 +23,25 @@ Headers = list  # list[tuple[bytes, bytes]]: names as received (case kept), valu
 
 @dataclass
 class ConnectionInfo:
-    """Addresses of one client connection (``$remote_addr`` … ``$server_port``)."""
+    """Addresses of one client connection (``$remote_addr`` … ``$server_port``).
+
+    The server protocol makes one per accepted connection and gives it to each of its
+    exchanges. On a server with ``set_real_ip_from``, when the connection comes from
+    one of those addresses, :mod:`gateway.http.realip` gives that exchange a copy
+    instead: ``trusted`` is set, ``remote_addr``/``remote_port`` hold the client
+    address taken from ``real_ip_header`` (when it had a valid one), and ``original``
+    is the connection as accepted (``$realip_remote_addr``). The copy lives as long as
+    its exchange, as nginx restores the connection's address after each request.
+    """
 
     remote_addr: str          # "127.0.0.1", "::1", or "unix:" for unix sockets
-    remote_port: int          # 0 for unix sockets
+    remote_port: int          # 0 for unix sockets (and for a real IP sent without port)
     server_addr: str
     server_port: int
     scheme: str = "http"      # "https" on TLS listeners
     listener: str = ""        # the endpoint description this connection arrived on
+    trusted: bool = False     # the connection comes from the server's set_real_ip_from
+    original: Optional["ConnectionInfo"] = None   # as accepted, on a trusted copy
 
 
 @dataclass
@@ -146,3 +157,6 @@ class UpstreamState:
     connect_times: list[str] = field(default_factory=list)
     header_times: list[str] = field(default_factory=list)
     response_times: list[str] = field(default_factory=list)
+    #: ``$upstream_queue_time`` (NGINX Plus): time spent in the group's ``queue``
+    #: before each try, "0.000" when it did not wait
+    queue_times: list[str] = field(default_factory=list)

@@ -97,6 +97,16 @@ class ConnectionPool:
             connection._leave_pool()
             connection.close()
 
+    def close_peer(self, peer_name: str) -> int:
+        """Close every idle connection to ``peer_name``, a peer that left the group
+        (``resolve = true``). Returns how many were closed."""
+        connections = self._by_peer.pop(peer_name, [])
+        for connection in connections:
+            del self._lru[connection]
+            connection._leave_pool()
+            connection.close()
+        return len(connections)
+
     def _dropped(self, connection: UpstreamConnection) -> None:
         """An idle connection closed itself (peer closed, spoke, or timed out)."""
         peer_name = self._lru.pop(connection, None)

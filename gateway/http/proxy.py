@@ -17,6 +17,12 @@ attempt ends with exactly one ``lease.release(outcome)``. Between attempts it ap
 - a reused keepalive connection that fails before answering a single byte was stale:
   the same peer is tried again on a fresh connection, without using up a try.
 
+When no peer is live the client gets 502 ("no live upstreams"), unless the group has a
+``queue`` and a peer this request could use is only at ``max_conns``: then the request
+waits in the group's FIFO (``group.wait``) and goes on when a lease frees, or gets 502
+when the queue is full or its ``timeout`` passes (``$upstream_queue_time`` says how
+long it waited); a client that goes away leaves the queue.
+
 When no retry is possible the client gets 502 (504 for timeouts), or the last upstream
 response when the condition was a status. With ``proxy_request_buffering`` the body is
 read completely first (and re-sent in full on a retry); without it the body streams with
@@ -39,11 +45,12 @@ from gateway.http.headers import RequestHeaderPlan, ResponseHeaderPlan
 from gateway.http.routing import upstream_uri
 from gateway.http.spool import DEFAULT_MEMORY_LIMIT as SPOOL_MEMORY_LIMIT, ResponseSpool
 from gateway.http.variables import VariableContext, compile_template
-from gateway.upstream import Outcome, PickContext
+from gateway.upstream import Outcome, PickContext, QueueError
 
 log = Logger()
 
 _NON_IDEMPOTENT = frozenset({"POST", "LOCK", "PATCH"})
+_NOT_QUEUED = "0.000"   # $upstream_queue_time of a try that did not wait
 # statuses proxy_next_upstream can name, and whether a retry on them is a peer failure
 _STATUS_CONDITIONS = {
     500: ("http_500", Outcome.FAILED),
@@ -103,6 +110,7 @@ class ProxyRequest:
         "h", "exchange", "location", "clock", "request", "method", "state", "ctx",
         "attempts", "lease", "conn", "body", "body_complete", "request_sent",
         "streamed_body", "client_started", "spool", "done", "try_start", "started", "uri",
+        "waiting", "queued_at",
     )
 
     def __init__(self, handler: ProxyHandler, exchange):
@@ -127,6 +135,8 @@ class ProxyRequest:
         self.spool: Optional[ResponseSpool] = None
         self.done = False
         self.try_start = 0.0
+        self.waiting = None             # the Deferred[Lease] while in the group's queue
+        self.queued_at = 0.0
 
     # -- start --------------------------------------------------------------
 
@@ -162,19 +172,58 @@ class ProxyRequest:
         if self.done:
             return
         group = self.h.group
-        self.lease = group.acquire(self.attempts, self.h.pick_context(self.exchange, self.ctx))
-        if self.lease is None:
-            log.error(
-                "no live upstreams while connecting to upstream {upstream}",
-                upstream=self.h.group.name,
-            )
-            self.state.addrs.append(self.h.group.name)
-            self.state.statuses.append("502")
-            self._align_state()
-            self._fail_client(502)
+        context = self.h.pick_context(self.exchange, self.ctx)
+        self.lease = group.acquire(self.attempts, context)
+        if self.lease is not None:
+            self._use_lease(_NOT_QUEUED)
             return
+        # With a queue, and a peer this request could use at max_conns, wait for it
+        # (NGINX Plus); otherwise, or when the queue refuses, 502 as nginx.
+        waiting = group.wait(self.attempts, context)
+        if waiting is None:
+            log.error("no live upstreams while connecting to upstream {upstream}",
+                      upstream=group.name)
+            self._no_peer(_NOT_QUEUED)
+            return
+        self.waiting = waiting
+        self.queued_at = self.clock.seconds()
+        waiting.addCallbacks(self._dequeued, self._queue_failed)
+
+    def _use_lease(self, queue_time: str) -> None:
         self.state.addrs.append(self.lease.peer.name)
+        self.state.queue_times.append(queue_time)
         self._connect(allow_pooled=True)
+
+    def _dequeued(self, lease) -> None:
+        self.waiting = None
+        if self.done:
+            # a gone client cancels its wait, so this is only a safety net: the
+            # lease must never leak
+            lease.release(Outcome.OK)
+            return
+        self.lease = lease
+        self._use_lease(_ms(self.clock.seconds() - self.queued_at))
+
+    def _queue_failed(self, failure) -> None:
+        self.waiting = None
+        if self.done:
+            return None       # cancelled because the client went away (_client_gone)
+        if failure.check(QueueError):
+            # NGINX Plus: "upstream queue is full while connecting to upstream"
+            log.error("{reason} while connecting to upstream {upstream}",
+                      reason=failure.value.message, upstream=self.h.group.name)
+        else:
+            log.failure("waiting in the queue of upstream {upstream} broke", failure,
+                        upstream=self.h.group.name)
+        self._no_peer(_ms(self.clock.seconds() - self.queued_at))
+
+    def _no_peer(self, queue_time: str) -> None:
+        """No peer for this try: one more $upstream_* entry naming the group, and 502."""
+        self.state.addrs.append(self.h.group.name)
+        self.state.statuses.append("502")
+        self.state.queue_times.append(queue_time)
+        self._align_state()
+        self._fail_client(502)
 
     def _connect(self, allow_pooled: bool) -> None:
         self.try_start = self.clock.seconds()
@@ -253,7 +302,9 @@ class ProxyRequest:
         if condition is not None and condition[0] in self.location.proxy_next_upstream:
             if self._may_retry(condition[0], last_try_allowed=False):
                 self._record_response_time()
-                self._end_attempt(condition[1], close=True)
+                # a retried status that counts as a failure is the peer's last error
+                error = condition[0] if condition[1] is Outcome.FAILED else None
+                self._end_attempt(condition[1], close=True, error=error)
                 self._next_peer()
                 return
         headers = self.h.response_plan.filter(head.headers)
@@ -306,9 +357,10 @@ class ProxyRequest:
     # -- failures and retries ------------------------------------------------
 
     def _attempt_failed(self, error: UpstreamError) -> None:
+        message = error.message or error.kind
         log.warn(
             "{message} (upstream {peer}, request \"{method} {uri}\")",
-            message=error.message or error.kind, peer=self._peer_name(),
+            message=message, peer=self._peer_name(),
             method=self.method, uri=self.request.target,
         )
         if self.client_started:
@@ -317,7 +369,7 @@ class ProxyRequest:
             # (ngx_http_upstream_finalize_request frees the peer with state 0), a
             # failure after the response head does not count against the peer.
             self._record_response_time()
-            self._end_attempt(Outcome.OK, close=True)
+            self._end_attempt(Outcome.OK, close=True, error=message)
             self.done = True
             if self.spool is not None:
                 self.spool.stopProducing()
@@ -331,7 +383,7 @@ class ProxyRequest:
             return
         self.state.statuses.append("504" if error.kind == "timeout" else "502")
         self._record_response_time()
-        self._end_attempt(Outcome.FAILED, close=True)
+        self._end_attempt(Outcome.FAILED, close=True, error=message)
         if error.kind in self.location.proxy_next_upstream and self._may_retry(error.kind):
             self._next_peer()
             return
@@ -371,15 +423,19 @@ class ProxyRequest:
             return False
         return True
 
-    def _end_attempt(self, outcome: Outcome, close: bool) -> None:
+    def _end_attempt(self, outcome: Outcome, close: bool,
+                     error: Optional[str] = None) -> None:
         if close:
             self._close_conn()
-        self._release(outcome)
+        self._release(outcome, error=error)
 
-    def _release(self, outcome: Outcome, aligned: bool = False) -> None:
+    def _release(self, outcome: Outcome, aligned: bool = False,
+                 error: Optional[str] = None) -> None:
+        """Release the try's lease with its outcome and, when it went wrong, the
+        error text (the peer's ``last_error`` on status pages)."""
         lease, self.lease = self.lease, None
         if lease is not None:
-            lease.release(outcome)
+            lease.release(outcome, error)
             if not aligned:
                 self._align_state()
 
@@ -388,7 +444,8 @@ class ProxyRequest:
         ended before that point (no connection, no header), as nginx prints."""
         count = len(self.state.addrs)
         for values in (self.state.statuses, self.state.connect_times,
-                       self.state.header_times, self.state.response_times):
+                       self.state.header_times, self.state.response_times,
+                       self.state.queue_times):
             values.extend("-" * (count - len(values)))
 
     def _close_conn(self) -> None:
@@ -418,6 +475,16 @@ class ProxyRequest:
         if self.done:
             return
         self.done = True
+        if self.waiting is not None:
+            # leave the group's queue: the entry names the group, with the time waited
+            waiting, self.waiting = self.waiting, None
+            waited = _ms(self.clock.seconds() - self.queued_at)
+            self.state.addrs.append(self.h.group.name)
+            self.state.response_times.append(waited)
+            self.state.queue_times.append(waited)
+            self._align_state()
+            waiting.cancel()
+            return
         if self.lease is not None:
             self._record_response_time()
         self._close_conn()

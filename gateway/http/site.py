@@ -1,7 +1,8 @@
 """From an exchange to the handler of its location.
 
 The server protocol has already chosen the virtual server (``exchange.server``, by Host).
-This module owns what happens next, precompiled once per configuration: the location
+This module owns what happens next, precompiled once per configuration: the server's
+real client address (``set_real_ip_from``, :mod:`gateway.http.realip`), the location
 match (nginx precedence, the auto-redirect 301 of a ``proxy_pass`` prefix location
 ending in ``/``), the ``access`` rules (403), and the handler of the location:
 ``proxy_pass`` (:mod:`gateway.http.proxy`) or ``return`` (here). A request that matches
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 
 from gateway.http.access import AccessList
 from gateway.http.headers import ResponseHeaderPlan
+from gateway.http.realip import RealIP, server_realip
 from gateway.http.routing import LocationMatcher
 from gateway.http.variables import VariableContext, compile_template
 
@@ -86,7 +88,8 @@ class Site:
 
     def __init__(self, servers, make_proxy_handler: Callable, clock):
         self.clock = clock
-        self._routes: dict[int, tuple[LocationMatcher, dict[int, Route]]] = {}
+        self._routes: dict[int, tuple[LocationMatcher, dict[int, Route],
+                                      Optional[RealIP]]] = {}
         for server in servers:
             routes = {}
             for location in server.locations:
@@ -97,10 +100,14 @@ class Site:
                     handler = ReturnHandler(location, response_plan, clock)
                 access = AccessList(location.access) if location.access else None
                 routes[id(location)] = Route(location, access, response_plan, handler)
-            self._routes[server.index] = (LocationMatcher(server.locations), routes)
+            self._routes[server.index] = (LocationMatcher(server.locations), routes,
+                                          server_realip(server))
 
     def __call__(self, exchange) -> None:
-        matcher, routes = self._routes[exchange.server.index]
+        matcher, routes, realip = self._routes[exchange.server.index]
+        if realip is not None:
+            # first, as nginx's post-read phase: everything after sees the real client
+            realip(exchange)
         match = matcher.match(exchange.request.path)
         if match.redirect is not None:
             target = match.redirect

@@ -56,17 +56,18 @@ class VariableContext:
     ``$request_time``, ``$msec``, ``$time_local`` and ``$time_iso8601``.
 
     ``trusted`` says whether the client connection comes from ``set_real_ip_from``
-    (not in this release, so always False for now): a trusted client's
-    ``X-Forwarded-For`` is extended by ``$proxy_add_x_forwarded_for`` instead of
-    replaced, and its ``X-Request-ID`` is kept by the request header plan.
+    (``exchange.connection.trusted``, set by :mod:`gateway.http.realip`, unless given):
+    a trusted client's ``X-Forwarded-For`` is extended by
+    ``$proxy_add_x_forwarded_for`` instead of replaced, and its ``X-Request-ID`` is
+    kept by the request header plan.
     """
 
     __slots__ = ("exchange", "clock", "trusted")
 
-    def __init__(self, exchange, clock, *, trusted: bool = False):
+    def __init__(self, exchange, clock, *, trusted: Optional[bool] = None):
         self.exchange = exchange
         self.clock = clock
-        self.trusted = trusted
+        self.trusted = exchange.connection.trusted if trusted is None else trusted
 
     def get(self, name: str) -> str:
         """The value of ``$name`` (without the ``$``); ``""`` when unknown or missing."""
@@ -185,6 +186,17 @@ def _proxy_add_x_forwarded_for(ctx: VariableContext) -> str:
     return remote
 
 
+def _realip_remote_addr(ctx: VariableContext) -> str:
+    # the connection's own address, also after set_real_ip_from replaced $remote_addr
+    conn = ctx.exchange.connection
+    return (conn.original or conn).remote_addr
+
+
+def _realip_remote_port(ctx: VariableContext) -> str:
+    conn = ctx.exchange.connection
+    return _port((conn.original or conn).remote_port)
+
+
 def _http2(ctx: VariableContext) -> str:
     if not ctx.exchange.request.version.startswith("2"):
         return ""
@@ -223,6 +235,8 @@ SIMPLE_VARIABLES: dict[str, Getter] = {
     "remote_addr": lambda ctx: ctx.exchange.connection.remote_addr,
     "remote_port": lambda ctx: _port(ctx.exchange.connection.remote_port),
     "remote_user": _empty,
+    "realip_remote_addr": _realip_remote_addr,
+    "realip_remote_port": _realip_remote_port,
     "server_addr": lambda ctx: ctx.exchange.connection.server_addr,
     "server_port": lambda ctx: _port(ctx.exchange.connection.server_port),
     "server_name": _server_name,
@@ -255,6 +269,7 @@ SIMPLE_VARIABLES: dict[str, Getter] = {
     "upstream_connect_time": _upstream_list("connect_times"),
     "upstream_header_time": _upstream_list("header_times"),
     "upstream_response_time": _upstream_list("response_times"),
+    "upstream_queue_time": _upstream_list("queue_times"),
     "upstream_cache_status": _from_variables("upstream_cache_status"),
     # No TLS termination yet: empty until gateway.tls fills exchange.variables.
     "ssl_protocol": _from_variables("ssl_protocol"),

@@ -8,7 +8,11 @@ This module owns what nginx keeps in ``ngx_http_upstream_get_round_robin_peer``,
 - ``UpstreamGroup.acquire``: asks the tier's balancer for a peer, falls over to the
   backup tier, counts the connection, marks the peer tried, starts a probe;
 - ``Lease.release``: the only place that uncounts the connection and records the
-  outcome on the peer.
+  outcome (and the error text, if any) on the peer;
+- ``UpstreamGroup.wait``: with a ``queue``, a request that found no peer while one it
+  could use is at ``max_conns`` waits for it (the FIFO itself is ``queue.py``); every
+  release, and every new request, first serves the waiting ones;
+- ``UpstreamGroup.snapshot``: plain data about the group and its peers for status pages.
 
 Retry policy (which failures are retried, ``proxy_next_upstream_timeout``) belongs to
 the handlers: they stop when ``attempts.tries`` reaches 0 or ``acquire`` returns None.
@@ -20,15 +24,18 @@ else to retry.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.config.model import UpstreamSettings
+from gateway.config.model import Address, PeerSettings, UpstreamSettings
 from gateway.upstream._interfaces import Balancer, Outcome, PickContext
 from gateway.upstream.balancers import balancer_class
 from gateway.upstream.peer import Peer
+from gateway.upstream.queue import RequestQueue
+from gateway.upstream.resolve import resolves
 
 log = Logger()
 
@@ -58,7 +65,8 @@ class Attempts:
 
     @property
     def in_backup(self) -> bool:
-        """True once this request has moved to the backup tier (it never moves back)."""
+        """True once this request has moved to the backup tier (it only moves back
+        when it waited in the queue: ``_restart_tiers``)."""
         return self._backup
 
     def eligible(self, peer: Peer, now: float) -> bool:
@@ -70,7 +78,14 @@ class Attempts:
 
     def _switch_to_backup(self) -> None:
         self._backup = True
-        self._tried_in_tier.clear()
+        # nginx clears the bitmap; a request back from the queue keeps its backups tried
+        self._tried_in_tier = {peer for peer in self.tried if peer.backup}
+
+    def _restart_tiers(self) -> None:
+        """A request served from the queue starts again at the primary tier (it
+        waited for whichever peer frees first), still skipping the peers it tried."""
+        self._backup = False
+        self._tried_in_tier = {peer for peer in self.tried if not peer.backup}
 
     def __repr__(self) -> str:
         tier = "backup" if self._backup else "primary"
@@ -93,12 +108,14 @@ class Lease:
     def released(self) -> bool:
         return self._released
 
-    def release(self, outcome: Outcome) -> None:
-        """Record how the attempt ended. Call exactly once, in a ``finally``."""
+    def release(self, outcome: Outcome, error: Optional[str] = None) -> None:
+        """Record how the attempt ended. Call exactly once, in a ``finally``.
+        ``error`` is the text of what went wrong, if anything (kept on the peer as
+        ``last_error`` for status pages)."""
         if self._released:
             raise RuntimeError(f"lease on {self.peer.name} released twice")
         self._released = True
-        self._group._release(self, outcome)
+        self._group._release(self, outcome, error)
 
     def __repr__(self) -> str:
         state = "released" if self._released else "held"
@@ -112,20 +129,36 @@ class UpstreamGroup:
         self.name = settings.name
         self.settings = settings
         self.clock = clock
-        self.peers: list[Peer] = [Peer(s) for s in settings.servers if not s.backup]
-        self.backups: list[Peer] = [Peer(s) for s in settings.servers if s.backup]
-        if not self.peers:
+        #: ``resolve = true`` entries with a host name: their peers come from DNS
+        #: (``gateway.upstream.resolve``), none until the first answer
+        self.resolve_servers: tuple[PeerSettings, ...] = tuple(
+            s for s in settings.servers if resolves(s))
+        static = [s for s in settings.servers if not resolves(s)]
+        self.peers: list[Peer] = [Peer(s) for s in static if not s.backup]
+        self.backups: list[Peer] = [Peer(s) for s in static if s.backup]
+        if not self.peers and all(s.backup for s in self.resolve_servers):
             raise ValueError(f"no servers in upstream {self.name!r}")
         self._all = self.peers + self.backups
-        cls = balancer_class(settings.balance)
+        self._resolved: dict[int, list[Peer]] = {id(s): [] for s in self.resolve_servers}
+        #: callables ``(added, removed)`` (lists of peers) called after the peer lists
+        #: changed at run time: pools drop idle connections, health checks add loops
+        self.membership_observers: list[Callable[[list[Peer], list[Peer]], None]] = []
+        cls = balancer_class(settings.balance, settings)
         #: whether the balancer reads PickContext (round robin does not), so callers
         #: can skip building one per request
         self.needs_context: bool = getattr(cls, "needs_context", True)
         self._primary: Balancer = cls(self.peers)
-        # nginx's least_conn serves its backup tier by plain round robin
-        backup_cls = getattr(cls, "backup_balancer", cls)
-        self._backup: Optional[Balancer] = backup_cls(self.backups) if self.backups else None
+        # the backup tier uses the same method (nginx's least_conn does too)
+        self._backup: Optional[Balancer] = (
+            cls(self.backups)
+            if self.backups or any(s.backup for s in self.resolve_servers) else None)
         self.single = len(self.peers) == 1 and not self.backups
+        #: the ``queue`` of requests waiting for a peer at ``max_conns`` (None: no queue)
+        self.queue: Optional[RequestQueue] = None
+        if settings.queue is not None:
+            self.queue = RequestQueue(settings.queue, clock)
+            # a peer added by DNS is capacity the waiting requests may use
+            self.membership_observers.append(lambda added, removed: self.capacity_changed())
 
     def __repr__(self) -> str:
         return f"<UpstreamGroup {self.name} peers={self.peers} backups={self.backups}>"
@@ -149,8 +182,15 @@ class UpstreamGroup:
         is not consulted here: stopping at 0 is the retry policy's decision."""
         if attempts.group is not self:
             raise ValueError(f"attempts of {attempts.group.name!r} used with {self.name!r}")
+        if self.queue:       # a RequestQueue is false while nobody waits
+            # first come, first served: capacity that came back without a release
+            # (fail_timeout over, a check passed) goes to the waiting requests first
+            self.queue.dispatch(self._acquire_queued)
+        return self._acquire(attempts, context or _NO_CONTEXT)
+
+    def _acquire(self, attempts: Attempts, context: PickContext) -> Optional[Lease]:
         now = self.clock.seconds()
-        peer = self._pick(attempts, context or _NO_CONTEXT, now)
+        peer = self._pick(attempts, context, now)
         if peer is None:
             # The caller logs "no live upstreams" with its request's context, as nginx
             # does in ngx_http_upstream_connect.
@@ -163,7 +203,8 @@ class UpstreamGroup:
     def _pick(self, attempts: Attempts, context: PickContext, now: float) -> Optional[Peer]:
         if self.single:
             peer = self.peers[0]
-            if peer.down or peer.at_max_conns():
+            # active health checks do take the only server out (NGINX Plus: 502)
+            if peer.down or not peer.healthy or peer.at_max_conns():
                 return None
             return peer
 
@@ -180,22 +221,131 @@ class UpstreamGroup:
         peer.start_probe_if_due(now)
         return peer
 
-    def _release(self, lease: Lease, outcome: Outcome) -> None:
+    def _release(self, lease: Lease, outcome: Outcome, error: Optional[str] = None) -> None:
         peer, attempts = lease.peer, lease.attempts
         peer.conns -= 1
+        if error is not None:
+            peer.last_error = error
+            peer.last_error_at = self.clock.seconds()
         if self.single:
             # nginx never marks the only server failed; there is no other to retry.
             if outcome is Outcome.FAILED:
                 peer.failures += 1
             peer.fails = 0
             attempts.tries = 0
-            return
+        else:
+            if peer.record(outcome, self.clock.seconds()):
+                log.warn(
+                    "upstream server temporarily disabled: {peer} in upstream {upstream}"
+                    " after {fails} failures",
+                    peer=peer.name, upstream=self.name, fails=peer.fails,
+                )
+            if attempts.tries:
+                attempts.tries -= 1
+        if self.queue:
+            self.queue.dispatch(self._acquire_queued)
 
-        if peer.record(outcome, self.clock.seconds()):
-            log.warn(
-                "upstream server temporarily disabled: {peer} in upstream {upstream}"
-                " after {fails} failures",
-                peer=peer.name, upstream=self.name, fails=peer.fails,
-            )
-        if attempts.tries:
-            attempts.tries -= 1
+    # -- the queue (NGINX Plus ``queue``; gateway.upstream.queue) -----------------------
+
+    def wait(
+        self, attempts: Attempts, context: Optional[PickContext] = None
+    ) -> Optional[Deferred]:
+        """After ``acquire`` returned None: wait in the group's queue for a peer.
+
+        Returns None when waiting cannot help — the group has no ``queue``, or no peer
+        this request could use is merely at ``max_conns`` (all are down, failed,
+        unhealthy or already tried) — and the caller answers "no live upstreams" as
+        without a queue. Otherwise a Deferred that fires with the ``Lease`` when a
+        peer frees up, or fails with ``QueueFull`` (at once) or ``QueueTimeout``.
+        Cancel it if the client goes away: the request leaves the queue.
+        """
+        if self.queue is None or not self._worth_waiting(attempts, self.clock.seconds()):
+            return None
+        return self.queue.add(attempts, context or _NO_CONTEXT)
+
+    def _worth_waiting(self, attempts: Attempts, now: float) -> bool:
+        """Is some peer this request has not tried unavailable only because it is at
+        ``max_conns`` (so a release would make it eligible)?"""
+        if self.single:
+            peer = self.peers[0]
+            return not peer.down and peer.healthy and peer.at_max_conns()
+        tried = attempts.tried
+        for peer in self._all:
+            if (peer.max_conns and peer.conns >= peer.max_conns and peer not in tried
+                    and not peer.down and peer.healthy and not peer.failed_at(now)):
+                return True
+        return False
+
+    def _acquire_queued(self, attempts: Attempts, context: PickContext) -> Optional[Lease]:
+        attempts._restart_tiers()
+        return self._acquire(attempts, context)
+
+    def capacity_changed(self) -> None:
+        """A peer may have become available outside acquire/release (a health check
+        passed, ``down`` cleared, DNS added a peer): serve waiting requests now."""
+        if self.queue:
+            self.queue.dispatch(self._acquire_queued)
+
+    # -- status ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Plain, JSON-serialisable data about the group now, for status pages and the
+        API (a copy: changing it changes nothing): its name, balancing method, queue
+        (None without one) and every peer of both tiers in configuration order
+        (``Peer.snapshot``)."""
+        now = self.clock.seconds()
+        return {
+            "name": self.name,
+            "balance": self.settings.balance,
+            "queue": self.queue.snapshot() if self.queue is not None else None,
+            "peers": [peer.snapshot(now) for peer in self.peers + self.backups],
+        }
+
+    # -- resolve = true: membership that follows DNS (gateway.upstream.resolve) ---------
+
+    def resolved_peers(self, settings: PeerSettings) -> list[Peer]:
+        """The peers that ``settings`` (one of ``resolve_servers``) holds now."""
+        return list(self._resolved[id(settings)])
+
+    def update_resolved(
+        self, settings: PeerSettings, addresses: list[Address]
+    ) -> tuple[list[Peer], list[Peer]]:
+        """Make the peers of the ``resolve = true`` entry ``settings`` match
+        ``addresses`` (nginx's ``ngx_http_upstream_zone_resolve_handler``).
+
+        A peer whose address stays keeps its state (``fails``, ``conns``, weights,
+        health); a new address becomes a peer with the entry's parameters, appended to
+        its tier; a vanished one leaves the tier (leases held on it finish normally:
+        they hold the ``Peer``). The tier lists are changed in place, so balancers
+        keep them; each is told by ``peers_changed``. ``peer.settings`` stays the entry
+        (its ``address`` is the host name, e.g. for TLS names), ``peer.address`` and
+        ``peer.name`` are the resolved ``ip:port``. Returns ``(added, removed)`` and,
+        when either is non-empty, calls every ``membership_observers`` with them.
+        """
+        current = self._resolved[id(settings)]
+        wanted = {a.text: a for a in addresses}
+        removed = [p for p in current if p.name not in wanted]
+        known = {p.name for p in current}
+        added = []
+        for text, address in wanted.items():
+            if text not in known:
+                peer = Peer(settings)
+                peer.address = address
+                peer.name = text
+                added.append(peer)
+        if not added and not removed:
+            return [], []
+        tier = self.backups if settings.backup else self.peers
+        for peer in removed:
+            tier.remove(peer)
+            current.remove(peer)
+        tier.extend(added)
+        current.extend(added)
+        self._all[:] = self.peers + self.backups
+        self.single = len(self.peers) == 1 and not self.backups
+        self._primary.peers_changed()
+        if self._backup is not None:
+            self._backup.peers_changed()
+        for observer in list(self.membership_observers):
+            observer(added, removed)
+        return added, removed

@@ -35,3 +35,8 @@ class UpstreamManager:
 
     def __iter__(self) -> Iterator[UpstreamGroup]:
         return iter(self.groups.values())
+
+    def snapshot(self) -> dict[str, dict]:
+        """``UpstreamGroup.snapshot`` of every group, by name: plain, JSON-serialisable
+        data for the status page and the API."""
+        return {name: group.snapshot() for name, group in self.groups.items()}

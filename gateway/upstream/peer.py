@@ -20,11 +20,23 @@ are otherwise the same:
 
 ``max_fails = 0`` turns the rules off: ``fails`` still counts (as in nginx) but never
 makes the peer unavailable and never lowers its weight.
+
+``slow_start`` (NGINX Plus): a peer that comes back — its probe after ``fail_timeout``
+succeeded while it was disabled, active health checks found it healthy again
+(``set_healthy``), or ``down`` was cleared (``set_down``) — ramps its weight linearly
+from a small value to ``weight`` over ``slow_start`` seconds (``weight_now``). Peers
+are not ramped at start-up. The snapshot a status page reads is ``Peer.snapshot``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from gateway.config.model import Address, PeerSettings
 from gateway.upstream._interfaces import Outcome
+
+
+#: how many steps the ``slow_start`` ramp takes from ``weight / RAMP_STEPS`` to ``weight``
+RAMP_STEPS = 64
 
 
 class Peer:
@@ -34,7 +46,8 @@ class Peer:
         "settings", "address", "name", "weight", "effective_weight",
         "current_weight", "conns", "fails", "accessed", "checked", "max_fails",
         "fail_timeout", "max_conns", "down", "backup", "requests", "failures",
-        "healthy",
+        "healthy", "health_last", "health_latency", "slow_start", "ramp_start",
+        "last_error", "last_error_at",
     )
 
     def __init__(self, settings: PeerSettings):
@@ -59,6 +72,18 @@ class Peer:
         #: set by active health checks (``gateway.health``); an unhealthy peer is
         #: skipped like a failed one. A peer is healthy until its first probe says not.
         self.healthy: bool = True
+        #: the last active probe's ``health.ProbeResult`` and its duration in seconds
+        #: (None until a probe completes), for status pages
+        self.health_last = None
+        self.health_latency = None
+        #: ``slow_start`` in seconds (0: off), and when the current ramp began (None:
+        #: not ramping). See ``weight_now``.
+        self.slow_start: float = settings.slow_start
+        self.ramp_start: Optional[float] = None
+        #: the text and clock time of the last error an attempt reported on release
+        #: (``Lease.release(outcome, error)``), for status pages
+        self.last_error: Optional[str] = None
+        self.last_error_at: Optional[float] = None
 
     def __repr__(self) -> str:
         return (
@@ -92,13 +117,76 @@ class Peer:
         return not (self.max_conns and self.conns >= self.max_conns)
 
     def set_healthy(self, healthy: bool, now: float) -> None:
-        """Active health checks' verdict (``gateway.upstream.health``)."""
+        """Active health checks' verdict (``gateway.upstream.health``). Becoming
+        healthy again starts ``slow_start``."""
+        if healthy and not self.healthy:
+            self._start_ramp(now)
         self.healthy = healthy
+
+    def set_down(self, down: bool, now: float) -> None:
+        """Mark the peer ``down`` or bring it back (runtime API, reload). Coming back
+        starts ``slow_start``."""
+        if self.down and not down:
+            self._start_ramp(now)
+        self.down = down
+
+    def _start_ramp(self, now: float) -> None:
+        if self.slow_start > 0:
+            self.ramp_start = now
 
     def weight_now(self, now: float) -> float:
         """The weight balancers that honour ``slow_start`` use at ``now``: ``weight``,
-        or less while the peer ramps up after recovering."""
-        return self.weight
+        or less while the peer ramps up after recovering.
+
+        The ramp is linear in ``RAMP_STEPS`` steps: during step ``k`` (0-based) of
+        the ``slow_start`` period the weight is ``weight * (k + 1) / RAMP_STEPS``. It
+        never starts at exactly 0, so a ramping peer is still chosen now and then
+        (and always when it is the only one available), and a step is a binary
+        fraction, so smooth round robin's sums stay exact.
+        """
+        start = self.ramp_start
+        if start is None:
+            return self.weight
+        elapsed = now - start
+        if elapsed >= self.slow_start or elapsed < 0:
+            self.ramp_start = None       # over (or the clock went back): full weight
+            return self.weight
+        return self.weight * (int(elapsed * RAMP_STEPS / self.slow_start) + 1) / RAMP_STEPS
+
+    def state(self, now: float) -> str:
+        """The peer's state in the operator's words, most serious first: ``down``
+        (configured or set), ``unhealthy`` (active checks), ``failed`` (``max_fails``
+        within ``fail_timeout``), else ``up``."""
+        if self.down:
+            return "down"
+        if not self.healthy:
+            return "unhealthy"
+        if self.failed_at(now):
+            return "failed"
+        return "up"
+
+    def snapshot(self, now: float) -> dict:
+        """Plain, JSON-serialisable data about the peer at ``now`` (a copy: changing
+        it changes nothing). ``effective_weight`` is the weight round robin uses now:
+        ``effective_weight`` capped by the ``slow_start`` ramp."""
+        error = None
+        if self.last_error is not None:
+            error = {"text": self.last_error, "time": self.last_error_at}
+        return {
+            "name": self.name,
+            "address": self.address.text,
+            "backup": self.backup,
+            "state": self.state(now),
+            "weight": self.weight,
+            "effective_weight": min(self.effective_weight, self.weight_now(now)),
+            "active": self.conns,
+            "max_conns": self.max_conns,
+            "fails": self.fails,
+            "requests": self.requests,
+            "failures": self.failures,
+            "healthy": self.healthy,
+            "last_error": error,
+        }
 
     def start_probe_if_due(self, now: float) -> None:
         """Called when the peer is picked: once ``fail_timeout`` has passed since the
@@ -114,6 +202,9 @@ class Peer:
         """
         if outcome is not Outcome.FAILED:
             if self.accessed < self.checked:
+                # the probe after fail_timeout: a success brings a disabled peer back
+                if self.max_fails and self.fails >= self.max_fails:
+                    self._start_ramp(now)
                 self.fails = 0
             return False
 

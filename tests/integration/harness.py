@@ -299,10 +299,13 @@ class RawClient(protocol.Protocol):
 _open_clients: list[RawClient] = []
 
 
-async def connect(port: int) -> RawClient:
+async def connect(port: int, bind: Optional[str] = None) -> RawClient:
+    """A client connected to 127.0.0.1:``port``; ``bind`` is the local source address
+    (any of 127/8 works on Linux: the whole block is routed to lo)."""
     client = RawClient()
     await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-        "127.0.0.1", port, timeout=WAIT
+        "127.0.0.1", port, timeout=WAIT,
+        bindAddress=(bind, 0) if bind is not None else None,
     )
     _open_clients.append(client)
     return client
@@ -319,20 +322,23 @@ def close_clients() -> defer.Deferred:
     return defer.gatherResults(waits)
 
 
-async def request(port: int, raw: bytes, count: int = 1) -> tuple[RawClient, list[Response]]:
+async def request(port: int, raw: bytes, count: int = 1,
+                  bind: Optional[str] = None) -> tuple[RawClient, list[Response]]:
     """Send ``raw`` on a new connection and wait for ``count`` responses (or close)."""
-    client = await connect(port)
+    client = await connect(port, bind=bind)
     client.transport.write(raw)
     responses = await client.wait_responses(count)
     return client, responses
 
 
 async def get(port: int, path: str = "/", host: str = "localhost",
-              headers: str = "") -> Response:
-    """One GET on its own connection (Connection: close); the parsed response."""
+              headers: str = "", bind: Optional[str] = None) -> Response:
+    """One GET on its own connection (Connection: close); the parsed response.
+    ``bind``: the client's local address, as in :func:`connect`."""
     client, responses = await request(
         port,
         ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n%s\r\n" % (path, host, headers)).encode(),
+        bind=bind,
     )
     await client.wait_closed()
     assert responses, "no response; received %r" % client.received

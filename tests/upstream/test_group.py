@@ -433,3 +433,48 @@ def test_pick_context_is_optional_and_ignored_by_round_robin():
     ctx = PickContext(remote_addr="192.0.2.1", hash_key="/x")
     assert group.acquire(group.attempts(), ctx).peer.name == "a"
     assert group.acquire(group.attempts()).peer.name == "b"
+
+
+# -- max_conns -----------------------------------------------------------------------
+
+
+def test_max_conns_counts_held_leases_and_overflows_to_the_backup():
+    group, _ = make_group(server("a", max_conns=2), server("c", backup=True))
+    leases = [group.acquire(group.attempts()) for _ in range(4)]
+    assert [lease.peer.name for lease in leases] == ["a", "a", "c", "c"]
+    leases[0].release(Outcome.OK)
+    assert group.acquire(group.attempts()).peer.name == "a"
+
+
+def test_duplicate_server_entries_each_have_their_own_max_conns():
+    """The same address twice is two peers (as in nginx), each with its own limit."""
+    group, _ = make_group(server("a", max_conns=1), server("a", max_conns=1))
+    first, second = group.peers
+    leases = [group.acquire(group.attempts()) for _ in range(3)]
+    assert [lease.peer for lease in leases[:2]] == [first, second]
+    assert leases[2] is None                    # both at max_conns: no live upstreams
+    assert (first.conns, second.conns) == (1, 1)
+
+
+def test_a_retry_holds_a_connection_of_its_own():
+    """Each attempt is a lease: a retry counts on its new peer, never twice at once."""
+    group, _ = make_group(server("a", max_conns=1), server("b", max_conns=1))
+    attempts = group.attempts()
+    first = group.acquire(attempts)
+    assert first.peer.name == "a"
+    other = group.acquire(group.attempts())     # b busy with another request
+    assert other.peer.name == "b"
+    first.release(Outcome.FAILED)
+    assert group.acquire(attempts) is None      # a tried, b at max_conns
+    other.release(Outcome.OK)
+    retry = group.acquire(attempts)
+    assert retry.peer.name == "b" and [p.conns for p in group.peers] == [0, 1]
+
+
+def test_release_keeps_the_error_text_on_the_peer():
+    group, clock = make_group(server("a"), server("b"))
+    clock.advance(5)
+    lease = group.acquire(group.attempts())
+    lease.release(Outcome.FAILED, "upstream timed out")
+    assert (lease.peer.last_error, lease.peer.last_error_at) == ("upstream timed out", 5.0)
+    assert group.peers[1].last_error is None

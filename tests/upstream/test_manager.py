@@ -51,7 +51,8 @@ def test_groups_use_the_injected_clock():
 def test_balancer_registry():
     assert BALANCERS["round_robin"] is RoundRobin
     assert balancer_class("round_robin") is RoundRobin
+    assert sorted(BALANCERS) == ["hash", "ip_hash", "least_conn", "random", "round_robin"]
     with pytest.raises(ValueError, match="least_conn"):
-        balancer_class("least_conn")
+        balancer_class("fastest")
     with pytest.raises(ValueError):
-        UpstreamManager({"app": upstream(server("a"), balance="least_conn")}, Clock())
+        UpstreamManager({"app": upstream(server("a"), balance="fastest")}, Clock())

@@ -21,6 +21,12 @@ adding and, for the winner, after subtracting ``total``:
 
     → a a b a c a a, and every current_weight is back at 0.
 
+``slow_start``: while a peer ramps up after recovering, what it adds is its
+``effective_weight`` capped by ``Peer.weight_now`` (from ``weight / 64`` up to
+``weight``), so its share grows linearly over the period. A ramping peer that is the
+only candidate is still chosen: the winner is the highest ``current_weight`` among the
+candidates, whatever the weights.
+
 This module owns only that choice. Skipping peers that are down, failed, at
 ``max_conns`` or already tried is ``Attempts.eligible``; counting the connection and
 marking the peer tried is ``UpstreamGroup.acquire``; single-server groups and the
@@ -52,8 +58,15 @@ class RoundRobin:
         for peer in self.peers:
             if not attempts.eligible(peer, now):
                 continue
-            peer.current_weight += peer.effective_weight
-            total += peer.effective_weight
+            weight = peer.effective_weight
+            if peer.ramp_start is not None:
+                # slow_start: the ramp caps what the peer adds (checked here rather
+                # than calling weight_now for every candidate of every pick)
+                ramp = peer.weight_now(now)
+                if ramp < weight:
+                    weight = ramp
+            peer.current_weight += weight
+            total += weight
             if peer.effective_weight < peer.weight:
                 peer.effective_weight += 1
             if best is None or peer.current_weight > best.current_weight:
