@@ -185,8 +185,17 @@ class Peer:
             "requests": self.requests,
             "failures": self.failures,
             "healthy": self.healthy,
+            "health_check": self._health_snapshot(),
             "last_error": error,
         }
+
+    def _health_snapshot(self):
+        """The last active probe (``gateway.upstream.health``), None before any."""
+        last = self.health_last
+        if last is None:
+            return None
+        return {"passed": last.passed, "reason": last.reason,
+                "latency": self.health_latency}
 
     def start_probe_if_due(self, now: float) -> None:
         """Called when the peer is picked: once ``fail_timeout`` has passed since the

@@ -16,7 +16,7 @@ def peer_data(name, **changes):
     data = {
         "name": name, "address": name, "backup": False, "state": "up", "weight": 1,
         "effective_weight": 1, "active": 0, "max_conns": 0, "fails": 0, "requests": 0,
-        "failures": 0, "healthy": True, "last_error": None,
+        "failures": 0, "healthy": True, "health_check": None, "last_error": None,
     }
     data.update(changes)
     return data
@@ -141,3 +141,17 @@ def test_manager_snapshot_has_every_group_by_name():
     assert [p["name"] for p in snapshot["api"]["peers"]] == ["x", "y"]
     assert snapshot["api"]["peers"][1]["backup"] is True
     assert json.loads(json.dumps(snapshot)) == snapshot
+
+
+def test_the_last_health_probe_and_its_latency_are_shown():
+    from gateway.upstream.health import ProbeResult
+
+    group, clock, _, _ = busy_group()
+    b = group.peers[1]
+    b.health_last = ProbeResult(False, "status 500")
+    b.health_latency = 0.012
+    b.set_healthy(False, clock.seconds())
+    data = group.snapshot()["peers"][1]
+    assert data["health_check"] == {"passed": False, "reason": "status 500", "latency": 0.012}
+    assert data["state"] == "unhealthy"
+    json.dumps(data)
