@@ -50,6 +50,13 @@ def makeService(options):
         print("gateway: configuration invalid, not starting", file=sys.stderr)
         raise SystemExit(1)
     if options["check"]:
+        from gateway.check import unresolvable_hosts
+
+        problems = unresolvable_hosts(config)
+        for problem in problems:
+            print(f"{options['config']}: {problem}", file=sys.stderr)
+        if problems:
+            raise SystemExit(1)
         print("configuration ok")
         raise SystemExit(0)
 
