@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench clean demo-cert browser
 
 # editable_mode=compat keeps twisted/plugins/ visible to twistd (a PEP 660 editable
 # install hides it); `pip install .` works as well for a normal install.
@@ -16,16 +16,27 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-run: $(STAMP)
-	@echo "demo backends on 127.0.0.1:8081-8083, gateway on http://localhost:8080/ (Ctrl-C stops both)"
+# conf/site.toml's TLS listener uses a throwaway self-signed certificate for localhost
+# in conf/tls/ (git-ignored, never committed), written when missing
+demo-cert: $(STAMP)
+	@$(BIN)/python -m gateway.tls.selfsigned conf/tls >/dev/null
+
+run: $(STAMP) demo-cert
+	@echo "demo backends on 127.0.0.1:8081-8083, gateway on http://localhost:8080/ and https://localhost:8443/ (Ctrl-C stops both)"
 	@$(BIN)/python -m gateway.demo & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null; wait $$demo 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/twistd -n --pidfile= gateway -c conf/site.toml
 
-test: $(STAMP)
+# the status page test drives a real headless browser: Debian's chromium, installed
+# when missing (needs root, as on the CI and development machines)
+browser:
+	@command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
-check: $(STAMP)
+check: $(STAMP) demo-cert
 	$(BIN)/twistd -n --pidfile= gateway -c conf/site.toml --check
 
 bench: $(STAMP)

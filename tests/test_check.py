@@ -76,7 +76,13 @@ class CheckCommand(unittest.TestCase):
 
         from gateway import check, tap
 
-        path = self.mktemp() + ".toml"
+        import os
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="gateway-check-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "site.toml")
         with open(path, "w") as f:
             f.write(text)
         self.patch(check, "_default_resolver", FakeResolver(known))

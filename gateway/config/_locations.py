@@ -152,8 +152,6 @@ class LocationReader:
                                   f"return), got {found}")
         proxy_pass = t.get("proxy_pass", None,
                            lambda v: self.proxy_pass(v, modifier))
-        if proxy_pass is not None and proxy_pass.scheme == "https":
-            t.unsupported("proxy_pass")
         grpc_pass = t.get("grpc_pass", None, self.grpc_pass)
         if grpc_pass is not None:
             t.unsupported("grpc_pass")
@@ -166,8 +164,6 @@ class LocationReader:
                 t.unsupported(f"grpc_{suffix}")
 
         proxy_websocket = t.get("proxy_websocket", d.proxy_websocket, boolean)
-        if t.data.get("proxy_websocket") is True:
-            t.unsupported("proxy_websocket")
         access = (t.list("access", _access_rule, single=False)
                   + t.list("allow", lambda v: access_address(v, allow=True))
                   + t.list("deny", lambda v: access_address(v, allow=False)))

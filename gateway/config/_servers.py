@@ -3,9 +3,12 @@
 This module owns one virtual server's keys (``listen``, ``server_name``, ``default``,
 the client limits and timeouts, ``tls``, ``http2``, the real-IP keys) and the checks
 across servers and their locations: at most one ``default = true`` server per listen
-description, and no two locations with the same path (``"^~ /x"`` and ``"/x"`` are one,
-as in nginx). Each location's keys are ``_locations``'s; ``server_tls`` is shared with
-``load``'s ``[[grpc_servers]]``.
+description, servers sharing a listen description all with ``tls`` or all without, and
+no two locations with the same path (``"^~ /x"`` and ``"/x"`` are one, as in nginx).
+Each location's keys are ``_locations``'s; ``server_tls`` is shared with ``load``'s
+``[[grpc_servers]]`` and reads the certificate files it names
+(``gateway.tls._files.check_files``): unreadable, unparsable or mismatched
+certificates and keys are errors at their key's path.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from gateway.config._reader import (
 )
 from gateway.config.model import LocationSettings, ServerSettings, ServerTLSSettings
 from gateway.config.units import parse_duration, parse_size, show
+from gateway.tls._files import check_files
 
 SERVER_KEYS = ("listen", "server_name", "default", "tls", "http2", "client_max_body_size",
                "client_header_timeout", "client_body_timeout", "keepalive_timeout",
@@ -123,10 +127,7 @@ class ServerReader:
         tls = None
         if t.has("tls"):
             tls = self.server_tls(t.at("tls"), t.data["tls"])
-            t.unsupported("tls")
         http2 = t.get("http2", d.http2, boolean)
-        if t.data.get("http2") is True:
-            t.unsupported("http2")
         real_ip_header = t.get("real_ip_header", d.real_ip_header, _real_ip_header)
         set_real_ip_from = t.list("set_real_ip_from", _real_ip_source)
 
@@ -163,6 +164,20 @@ class ServerReader:
                 else:
                     first[description] = server.index
 
+    def check_listener_tls(self, servers: tuple[ServerSettings, ...]) -> None:
+        """Servers sharing a listen description are all TLS or all cleartext: one
+        socket cannot be both (nginx's ``listen … ssl`` is per address, too)."""
+        first: dict[str, ServerSettings] = {}
+        for server in servers:
+            for description in server.listen:
+                other = first.setdefault(description, server)
+                if (other.tls is None) != (server.tls is None):
+                    self.errors.add(
+                        f"servers[{server.index}].listen",
+                        f"{show(description)} is shared with servers[{other.index}], "
+                        f"which has {'no ' if other.tls is None else ''}tls: all servers "
+                        "on one listen description need tls, or none")
+
     def check_duplicate_locations(self, t: Table, locations: tuple[LocationSettings, ...]
                                   ) -> None:
         # as nginx: "^~ /x" and "/x" are the same prefix location
@@ -191,11 +206,17 @@ class ServerReader:
                               choice("off", "optional", "on"))
         if verify_client != "off" and client_ca is None:
             t.error("verify_client", f'"{verify_client}" needs client_ca')
-        return ServerTLSSettings(
+        settings = ServerTLSSettings(
             certificate=t.get("certificate", None, self.addresses.file_path, required=True),
             key=t.get("key", None, self.addresses.file_path, required=True),
-            protocols=protocols,
+            protocols=protocols or d.protocols,
             ciphers=t.get("ciphers", d.ciphers, nonempty_string),
             client_ca=client_ca,
             verify_client=verify_client,
         )
+        if settings.certificate is not None and settings.key is not None:
+            # the files are read now, so --check and a reload report unreadable,
+            # unparsable or mismatched ones with their key's path
+            for problem in check_files(settings):
+                t.error(problem.key, str(problem))
+        return settings

@@ -32,6 +32,7 @@ from gateway.config.model import (
     UpstreamTLSSettings,
 )
 from gateway.config.units import parse_duration, show
+from gateway.tls.client import check_files
 
 UPSTREAM_KEYS = ("balance", "hash_key", "consistent", "two", "keepalive",
                  "keepalive_requests", "keepalive_timeout", "keepalive_time", "queue",
@@ -120,7 +121,6 @@ class UpstreamReader:
         tls = None
         if t.has("tls"):
             tls = self.upstream_tls(t.at("tls"), t.data["tls"])
-            t.unsupported("tls")
 
         peers = tuple(self.peer(p, item, balance)
                       for p, item in t.tables("servers", required=True))
@@ -220,10 +220,15 @@ class UpstreamReader:
         if t.has("certificate") != t.has("key"):
             t.error("key" if t.has("certificate") else "certificate",
                     "required with " + ("certificate" if t.has("certificate") else "key"))
-        return UpstreamTLSSettings(
+        settings = UpstreamTLSSettings(
             verify=t.get("verify", d.verify, boolean),
             ca=t.get("ca", d.ca, self.addresses.file_path),
             server_name=t.get("server_name", d.server_name, server_name),
             certificate=certificate,
             key=key,
         )
+        # unreadable or mismatched files are configuration errors (--check), not a
+        # failure of the first request
+        for key_name, message in check_files(settings):
+            t.error(key_name, message)
+        return settings

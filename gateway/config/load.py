@@ -11,8 +11,8 @@ file and the small sections: ``[gateway]``, ``[admin]``, ``[limit_req_zones.NAME
 (``[upstreams.NAME]``), ``_servers`` (``[[servers]]``) and ``_locations`` (their
 locations). The shape and defaults of the result are ``model``'s, unit grammars
 ``units``'s and the variable catalogue ``gateway.http.variables``'s. The loader
-resolves no host names, opens no files other than the configuration itself and listens
-on nothing.
+resolves no host names, opens no files other than the configuration itself and the TLS
+certificate and key files it names (read to report bad ones), and listens on nothing.
 
 Every problem is collected as ``<toml.path>: <message>``
 (``upstreams.app.servers[2].weight: must be an integer >= 1, got "x"``) and raised
@@ -158,6 +158,7 @@ class _Loader:
         servers = tuple(self.servers.server(i, path, item)
                         for i, (path, item) in enumerate(top.tables("servers")))
         self.servers.check_defaults(servers)
+        self.servers.check_listener_tls(servers)
         grpc_servers = tuple(self.grpc_server(path, item)
                              for path, item in top.tables("grpc_servers"))
         if not top.has("servers") and not top.has("grpc_servers"):
@@ -244,8 +245,6 @@ class _Loader:
         result = t.get("listen", _INVALID, listen)
         if result is _INVALID:
             return d
-        if result is not None:
-            t.unsupported("listen")
         return AdminSettings(listen=result)
 
     # -- [limit_req_zones.NAME], [caches.NAME], [[grpc_servers]] ------------------------

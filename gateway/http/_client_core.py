@@ -9,6 +9,8 @@ chunk received goes through :meth:`feed` and the end of the stream through
 
 - a :class:`ResponseHead` (exactly once per response, interim 1xx responses skipped),
 - ``bytes`` (a piece of the decoded body: chunk framing removed),
+- :class:`ResponseTrailers` (the trailer section of a chunked body, when it has
+  fields; always right before the end),
 - :data:`RESPONSE_END` (the response is complete and well framed),
 - an :class:`UpstreamError` (the response cannot be completed; nothing follows).
 
@@ -20,6 +22,10 @@ The framing rules are nginx's (``ngx_http_proxy_process_status_line`` /
   dropped and make the connection unusable for keepalive ("upstream sent more data
   than specified in Content-Length header"), EOF before it is an error;
 - chunked bodies end with the last chunk; malformed chunks are an error after the head;
+- the trailer fields after the last chunk are collected as received (llhttp reports
+  them through ``on_header`` after ``on_headers_complete``), bounded like the head
+  ("upstream sent too big trailers", ``ngx_http_proxy_process_trailer``); which of
+  them reach the client is the proxy's decision;
 - a response with neither is close-delimited: it ends (well) at EOF, never kept alive;
 - a status line or header llhttp refuses, Content-Length together with
   Transfer-Encoding, a duplicate Content-Length or an unknown Transfer-Encoding is
@@ -43,6 +49,7 @@ __all__ = [
     "RESPONSE_END",
     "ResponseHead",
     "ResponseReader",
+    "ResponseTrailers",
     "UpstreamError",
     "DEFAULT_MAX_HEAD_SIZE",
 ]
@@ -60,6 +67,7 @@ MSG_INVALID_CHUNKED = "upstream sent invalid chunked response while reading upst
 MSG_CL_AND_TE = 'upstream sent "Content-Length" and "Transfer-Encoding" headers at the same time'
 MSG_DUPLICATE_CL = 'upstream sent duplicate header line: "Content-Length"'
 MSG_UNKNOWN_TE = 'upstream sent unknown "Transfer-Encoding"'
+MSG_TOO_BIG_TRAILERS = "upstream sent too big trailers while reading upstream"
 
 
 class UpstreamError(Exception):
@@ -114,6 +122,14 @@ class ResponseHead:
     keep_alive: bool
 
 
+@dataclass(slots=True)
+class ResponseTrailers:
+    """The trailer fields of a chunked response, in the upstream's order, name case
+    and raw values."""
+
+    headers: list
+
+
 class _End:
     __slots__ = ()
 
@@ -124,7 +140,7 @@ class _End:
 #: The event that says the response is complete and well framed.
 RESPONSE_END = _End()
 
-Event = Union[ResponseHead, bytes, _End, UpstreamError]
+Event = Union[ResponseHead, bytes, ResponseTrailers, _End, UpstreamError]
 
 # reader states
 _IDLE, _HEAD, _BODY, _DONE, _FAILED = range(5)
@@ -150,6 +166,7 @@ class ResponseReader:
         "max_head_size", "_parser", "_parser_clean", "_state", "_events", "_method_head",
         "_sizing", "_reason", "_headers", "_head_size", "_content_length", "_te",
         "_cl_seen", "_conn_close", "_conn_keep_alive", "_close_delimited",
+        "_trailers", "_trailer_size", "_last_chunk", "_partial_trailer",
         "received", "extra", "head", "upgrade_data",
     )
 
@@ -184,6 +201,12 @@ class ResponseReader:
         self._conn_close = False
         self._conn_keep_alive = False
         self._close_delimited = False
+        self._trailers: Optional[list] = None
+        self._trailer_size = 0
+        # after a chunk-size line and before any of its data: possibly the last
+        # chunk, whose trailer lines llhttp buffers without telling us
+        self._last_chunk = False
+        self._partial_trailer = 0
 
     # -- the shell's side --------------------------------------------------------
 
@@ -249,8 +272,22 @@ class ResponseReader:
         if self._state == _HEAD and received > self.max_head_size:
             # every byte so far belongs to a head llhttp is still buffering
             events.append(self.fail("invalid_header", MSG_TOO_BIG_HEADER))
+        elif self._last_chunk and self._state == _BODY:
+            self._check_partial_trailer(data, events)
         self._events = None
         return events
+
+    def _check_partial_trailer(self, data: bytes, events: list) -> None:
+        """Bound the trailer line llhttp is still buffering: past the last line feed,
+        the bytes after the last chunk-size line are one (the chunk-size line itself
+        ends with a line feed fed in the same call that reported it)."""
+        newline = data.rfind(b"\n")
+        if newline < 0:
+            self._partial_trailer += len(data)
+        else:
+            self._partial_trailer = len(data) - newline - 1
+        if self._partial_trailer + self._trailer_size > self.max_head_size:
+            events.append(self.fail("error", MSG_TOO_BIG_TRAILERS))
 
     def _start_sizing(self) -> None:
         """Count what the head so far holds; the callbacks add the rest."""
@@ -300,8 +337,12 @@ class ResponseReader:
             self._events.append(self.fail("invalid_header", message))
             return
         # in the body
-        message = MSG_INVALID_CHUNKED if self.head is not None and self.head.chunked else (
-            f"upstream sent invalid response body while reading upstream ({exc})")
+        if isinstance(exc.__context__, _Invalid):
+            message = exc.__context__.args[0]
+        elif self.head is not None and self.head.chunked:
+            message = MSG_INVALID_CHUNKED
+        else:
+            message = f"upstream sent invalid response body while reading upstream ({exc})"
         self._events.append(self.fail("error", message))
 
     # -- httptools callbacks -----------------------------------------------------
@@ -317,6 +358,9 @@ class ResponseReader:
             self._head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._state == _BODY:
+            self._trailer(name, value)
+            return
         self._headers.append((name, value))
         if self._sizing:
             self._head_size += len(name) + len(value) + 4
@@ -347,6 +391,19 @@ class ResponseReader:
                         self._conn_keep_alive = True
         elif length == 17 and name.lower() == b"transfer-encoding":
             self._te = value if self._te is None else self._te + b", " + value
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A field of the trailer section after the last chunk (only chunked bodies
+        have one). Bounded by the head's limit, as nginx bounds trailers by
+        ``proxy_buffer_size``."""
+        size = self._trailer_size = self._trailer_size + len(name) + len(value) + 4
+        if size > self.max_head_size:
+            raise _Invalid(MSG_TOO_BIG_TRAILERS)
+        trailers = self._trailers
+        if trailers is None:
+            self._trailers = [(name, value)]
+        else:
+            trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -392,7 +449,12 @@ class ResponseReader:
         self._state = _BODY
         self._events.append(head)
 
+    def on_chunk_header(self) -> None:
+        self._last_chunk = True
+        self._partial_trailer = 0
+
     def on_body(self, body: bytes) -> None:
+        self._last_chunk = False
         if self._state == _BODY:
             self._events.append(body)
         elif self._state == _DONE:
@@ -403,7 +465,13 @@ class ResponseReader:
         state = self._state
         if state == _BODY:
             self._state = _DONE
-            self._events.append(RESPONSE_END)
+            self._last_chunk = False
+            trailers = self._trailers
+            if trailers is not None:
+                self._trailers = None
+                self._events += (ResponseTrailers(trailers), RESPONSE_END)
+            else:
+                self._events.append(RESPONSE_END)
         elif state == _HEAD:
             self._reset_head()  # an interim 1xx response ended; the real one follows
         # in _DONE: llhttp's own end of a response we already ended (204, 304, HEAD)

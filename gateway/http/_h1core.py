@@ -9,10 +9,14 @@ immutable events to ``events``::
 
     RequestStarted(head, server, head_length)   a validated head
     BodyData(data)                              de-chunked body bytes
+    RequestTrailers(headers)                    a chunked body's trailer fields
     BODY_END                                    the body (possibly empty) is complete
     Rejected(status, reason, head)              the request is refused; parsing stops
     Upgraded(rest)                              llhttp stopped after an Upgrade request
 
+``RequestTrailers`` comes only for a chunked body whose trailer section has fields,
+right before its ``BODY_END``; each trailer line is bounded like a header line (431)
+and the section like the head ("client sent too large request trailers", 431).
 A request's ``BodyData``/``BODY_END``/``Rejected`` events follow its
 ``RequestStarted``; the shell (``gateway.http.h1``) consumes them one exchange at a
 time, so the parser may run ahead of the handlers (the shell bounds that by pausing
@@ -49,7 +53,7 @@ from gateway.http.uri import InvalidURI, normalize, split_target
 
 __all__ = [
     "RequestParser", "RequestStarted", "BodyData", "BodyEnd", "BODY_END", "Rejected",
-    "Upgraded", "serialize_head", "CONTINUE_100",
+    "RequestTrailers", "Upgraded", "serialize_head", "CONTINUE_100",
 ]
 
 
@@ -68,6 +72,10 @@ class BodyEnd(NamedTuple):
 
 
 BODY_END = BodyEnd()
+
+
+class RequestTrailers(NamedTuple):
+    headers: list      # [(name, value)] as received, trailing whitespace stripped
 
 
 class Rejected(NamedTuple):
@@ -155,6 +163,8 @@ class RequestParser:
             return
         if self.in_head:
             self._check_partial_line(data, began_before)
+        elif self._last_chunk:
+            self._check_partial_trailer(data)
 
     def resume_after_upgrade(self) -> None:
         """The Upgrade was not taken: parse what followed as ordinary requests."""
@@ -179,6 +189,12 @@ class RequestParser:
         self._url = b""
         self._headers: list = []
         self._header_bytes = 0
+        self._trailers: Optional[list] = None
+        self._trailer_bytes = 0
+        # after a chunk-size line and before any of its data: possibly the last
+        # chunk, whose trailer lines llhttp buffers without telling us
+        self._last_chunk = False
+        self._partial_trailer = 0
         self._partial_line = 0
         self._body_limit = 0
         self._body_seen = 0
@@ -200,7 +216,8 @@ class RequestParser:
         if size > self.line_limit:
             raise _Reject(431, "client sent too long header line")
         if not self.in_head:
-            return   # a chunked trailer: dropped, as nginx does
+            self._trailer(name, value, size)
+            return
         header_bytes = self._header_bytes = self._header_bytes + size + 2
         if header_bytes + len(self._url) > self.head_limit:
             raise _Reject(431, "client sent too large request head")
@@ -222,6 +239,19 @@ class RequestParser:
                 self._transfer_encoding = value
             elif kind == _EXPECT:
                 self._expect = value.lower() == b"100-continue"
+
+    def _trailer(self, name: bytes, value: bytes, size: int) -> None:
+        """A field of a chunked body's trailer section (nginx drops these; the
+        exchange offers them as ``request_trailers`` for the handler to forward)."""
+        trailer_bytes = self._trailer_bytes = self._trailer_bytes + size + 2
+        if trailer_bytes > self.head_limit:
+            raise _Reject(431, "client sent too large request trailers")
+        if value.endswith((b" ", b"\t")):
+            value = value.rstrip(b" \t")
+        if self._trailers is None:
+            self._trailers = [(name, value)]
+        else:
+            self._trailers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -291,7 +321,12 @@ class RequestParser:
         length = len(self._url) + len(method) + 12 + self._header_bytes
         self.events.append(_request_started((head, server, length)))
 
+    def on_chunk_header(self) -> None:
+        self._last_chunk = True
+        self._partial_trailer = 0
+
     def on_body(self, data: bytes) -> None:
+        self._last_chunk = False
         if self._body_limit:
             self._body_seen += len(data)
             if self._body_seen > self._body_limit:
@@ -299,6 +334,10 @@ class RequestParser:
         self.events.append(_body_data((data,)))
 
     def on_message_complete(self) -> None:
+        self._last_chunk = False
+        if self._trailers is not None:
+            self.events.append(RequestTrailers(self._trailers))
+            self._trailers = None
         self.events.append(BODY_END)
         self._current = None
 
@@ -355,6 +394,21 @@ class RequestParser:
                 self._reject(431, "client sent too long header line")
         elif self._partial_line + self._header_bytes + len(self._url) > self.head_limit:
             self._reject(431, "client sent too large request head")
+
+    def _check_partial_trailer(self, data: bytes) -> None:
+        # The bytes after the last chunk-size line carry no body data, so past the
+        # last line feed they are a trailer line still being received: bound it as
+        # a header line. (The chunk-size line itself ends with a line feed fed in
+        # the same call that reported it.)
+        newline = data.rfind(b"\n")
+        if newline < 0:
+            self._partial_trailer += len(data)
+        else:
+            self._partial_trailer = len(data) - newline - 1
+        if self._partial_trailer > self.line_limit:
+            self._reject(431, "client sent too long header line")
+        elif self._partial_trailer + self._trailer_bytes > self.head_limit:
+            self._reject(431, "client sent too large request trailers")
 
 
 # -- responses --------------------------------------------------------------------

@@ -4,11 +4,15 @@ This module owns the Twisted side of talking to one upstream peer:
 
 - :class:`UpstreamConnector` opens TCP (names, IPv4, IPv6 literals) and unix-socket
   connections with ``proxy_connect_timeout`` and reports failures as
-  :class:`UpstreamError` in nginx's words;
+  :class:`UpstreamError` in nginx's words; with a peer's TLS
+  (:class:`gateway.tls.client.PeerTLS`) the connection is wrapped in TLS and handed
+  out only once the handshake completed and the peer verified, all within the same
+  ``proxy_connect_timeout`` (the handshake deadline runs on the shared sweep);
 - :class:`UpstreamConnection` is the thin ``Protocol`` shell around the sans-IO
   :class:`~gateway.http._client_core.ResponseReader`: it writes a request (the head as
-  the proxy built it; the body as is or chunk-encoded), feeds received bytes to the
-  reader and hands the resulting events to one :class:`ResponseHandler`.
+  the proxy built it; the body as is or chunk-encoded, request trailers in the last
+  chunk), feeds received bytes to the reader and hands the resulting events (response
+  trailers included) to one :class:`ResponseHandler`.
 
 Timeouts are nginx's and use the coarse :class:`~gateway.deadlines.Deadlines` sweep, never
 a ``callLater`` per request: ``proxy_send_timeout`` runs while the transport's write
@@ -31,8 +35,9 @@ from typing import Callable, Optional, Protocol as TypingProtocol
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,6 +47,7 @@ from gateway.http._client_core import (
     RESPONSE_END,
     ResponseHead,
     ResponseReader,
+    ResponseTrailers,
     UpstreamError,
 )
 
@@ -60,15 +66,24 @@ MSG_READ_TIMEOUT_HEADER = ("upstream timed out (110: Connection timed out) while
                            "response header from upstream")
 MSG_READ_TIMEOUT_BODY = "upstream timed out (110: Connection timed out) while reading upstream"
 MSG_CLOSED_BEFORE_SEND = "upstream connection was closed before the request was sent"
+MSG_HANDSHAKE_TIMEOUT = ("upstream timed out (110: Connection timed out) while SSL "
+                         "handshaking to upstream")
 
 
 class ResponseHandler(TypingProtocol):
     """Receives one response. Exactly one of ``response_end`` / ``response_error`` is
-    called last; ``response_head`` comes first unless the error came before it."""
+    called last; ``response_head`` comes first unless the error came before it.
+
+    ``response_trailers(headers)`` is called once, right before ``response_end``, when
+    a chunked response carried trailer fields (as received, unfiltered). It is
+    optional: a handler without it (a health probe) never hears of trailers.
+    """
 
     def response_head(self, head: ResponseHead) -> None: ...
 
     def response_body(self, data: bytes) -> None: ...
+
+    def response_trailers(self, headers: list) -> None: ...
 
     def response_end(self) -> None: ...
 
@@ -82,6 +97,7 @@ class ConnectionState:
     READY = "ready"          # connected, no request outstanding, not pooled
     BUSY = "busy"            # a request is being sent or its response read
     IDLE = "idle"            # parked in a pool
+    UPGRADED = "upgraded"    # handed to a tunnel after a 101 (see take_over)
     CLOSED = "closed"
 
 
@@ -170,6 +186,10 @@ class UpstreamConnection(Protocol):
         self._body_producer = None
         self._on_idle_drop: Optional[Callable[[UpstreamConnection], None]] = None
         self._connected = False
+        self._tunnel = None   # (data_received, connection_lost) once UPGRADED
+        #: bytes of the current request written so far (head, body, chunk framing):
+        #: ``$upstream_bytes_sent``
+        self.bytes_sent = 0
         #: After the response ended: the request was fully sent, the response fully
         #: read and well framed, keep-alive, and nothing arrived after it. A plain
         #: attribute (the proxy and the pool both ask, on every request), kept current
@@ -210,6 +230,8 @@ class UpstreamConnection(Protocol):
         elif state == ConnectionState.IDLE:
             # nginx's keepalive module: an idle connection that says anything is dropped
             self.close()
+        elif state == ConnectionState.UPGRADED:
+            self._tunnel[0](data)
         else:
             self._reader.feed(data)  # only notes that extra bytes arrived
             self._update_reusable()
@@ -220,7 +242,10 @@ class UpstreamConnection(Protocol):
         self.deadline = None
         state = self.state
         self.state = ConnectionState.CLOSED
-        if state == ConnectionState.IDLE:
+        if state == ConnectionState.UPGRADED:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel[1](reason)
+        elif state == ConnectionState.IDLE:
             self._leave_pool_dropped()
         elif state == ConnectionState.BUSY and self._handler is not None:
             self.state = ConnectionState.BUSY  # let the last events through
@@ -302,12 +327,14 @@ class UpstreamConnection(Protocol):
         if body == "none":
             self._chunked = False
             self._body_ended = True
+            self.bytes_sent = len(head)
             self.transport.write(head)
             if self.state == ConnectionState.BUSY and self._timer != _SEND:
                 self._arm_read()
         else:
             self._chunked = body == "chunked"
             self._body_ended = False
+            self.bytes_sent = 0
             self._pending_head = head
             self._timer = _NO_TIMER
             self.deadline = None
@@ -317,7 +344,9 @@ class UpstreamConnection(Protocol):
         if self.state != ConnectionState.BUSY or self._body_ended or not data:
             return
         head = self._pending_head
+        self.bytes_sent += len(data) if head is None else len(head) + len(data)
         if self._chunked:
+            self.bytes_sent += len(b"%x" % len(data)) + 4
             if head is not None:
                 self._pending_head = None
                 self.transport.writeSequence((head, b"%x\r\n" % len(data), data, b"\r\n"))
@@ -329,18 +358,36 @@ class UpstreamConnection(Protocol):
         else:
             self.transport.write(data)
 
-    def end_body(self) -> None:
-        """The request body is complete (writes the last chunk when chunked)."""
+    def end_body(self, trailers=()) -> None:
+        """The request body is complete (writes the last chunk when chunked).
+
+        ``trailers`` (``[(name, value)]``, already filtered by the caller) go in the
+        last chunk of a chunked body; a Content-Length body cannot carry them, so
+        they are dropped there.
+        """
         if self.state != ConnectionState.BUSY or self._body_ended:
             return
         self._body_ended = True
         head = self._pending_head
         self._pending_head = None
+        if head is not None:
+            self.bytes_sent += len(head)
         if self._chunked:
-            if head is not None:
-                self.transport.writeSequence((head, b"0\r\n\r\n"))
+            if trailers:
+                last = [b"0\r\n"]
+                for name, value in trailers:
+                    last += (name, b": ", value, b"\r\n")
+                last.append(b"\r\n")
+                self.bytes_sent += sum(map(len, last))
+                if head is not None:
+                    last.insert(0, head)
+                self.transport.writeSequence(last)
             else:
-                self.transport.write(b"0\r\n\r\n")
+                self.bytes_sent += 5
+                if head is not None:
+                    self.transport.writeSequence((head, b"0\r\n\r\n"))
+                else:
+                    self.transport.write(b"0\r\n\r\n")
         elif head is not None:
             self.transport.write(head)
         if self.state == ConnectionState.BUSY and self._timer != _SEND:
@@ -405,6 +452,39 @@ class UpstreamConnection(Protocol):
             self.transport.unregisterProducer()
             self.transport.loseConnection()
 
+    def take_over(self, data_received: Callable[[bytes], None],
+                  connection_lost: Callable[[Optional[Failure]], None]):
+        """Give the connection to a tunnel, from ``response_head`` of a ``101``.
+
+        The response handler hears nothing more, no timer of this connection runs and
+        it never returns to a pool: ``data_received`` gets every later byte and
+        ``connection_lost(reason)`` the end. Returns the transport, with no producer
+        registered on it, and the bytes that followed the 101 head in its read.
+        """
+        if self.state != ConnectionState.BUSY or not self._connected:
+            raise RuntimeError(f"take_over of a {self.state} upstream connection")
+        self._handler = None
+        self._flow = None
+        self._body_producer = None
+        self._pending_head = None
+        self._timer = _NO_TIMER
+        self.deadline = None
+        self.deadlines.discard(self)
+        self.reusable = False
+        self.state = ConnectionState.UPGRADED
+        self._tunnel = (data_received, connection_lost)
+        self.transport.unregisterProducer()
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        held, self._reader.upgrade_data = self._reader.upgrade_data, b""
+        return self.transport, held
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received since the current request was sent (``$upstream_bytes_received``)."""
+        return self._reader.received
+
     # -- deadlines ---------------------------------------------------------------
 
     def deadline_expired(self) -> None:
@@ -467,6 +547,11 @@ class UpstreamConnection(Protocol):
     def _on_head(self, head: ResponseHead) -> None:
         self._handler.response_head(head)
 
+    def _on_trailers(self, trailers: ResponseTrailers) -> None:
+        receive = getattr(self._handler, "response_trailers", None)
+        if receive is not None:
+            receive(trailers.headers)
+
     def _on_end(self, _end) -> None:
         handler = self._handler
         self._finish()
@@ -499,6 +584,7 @@ class UpstreamConnection(Protocol):
 
     _DISPATCH = {
         ResponseHead: _on_head,
+        ResponseTrailers: _on_trailers,
         type(RESPONSE_END): _on_end,
         UpstreamError: _error,
     }
@@ -509,23 +595,44 @@ class _ConnectFactory(ClientFactory):
 
     noisy = False
 
-    def __init__(self, connector: "UpstreamConnector", address: Address, deferred: Deferred):
+    def __init__(self, connector: "UpstreamConnector", address: Address, deferred: Deferred,
+                 tls=None, deadline: Optional[float] = None):
         self._upstream_connector = connector
         self.address = address
         self.deferred = deferred
+        #: with TLS: the peer's :class:`~gateway.tls.client.PeerTLS`, the clock time by
+        #: which the handshake must be done, and the connection while it handshakes
+        self.tls = tls
+        self.deadline = deadline
+        self.handshaking: Optional[_TLSConnection] = None
 
     def buildProtocol(self, addr):
-        connection = _ConnectingConnection(
+        kind = _ConnectingConnection if self.tls is None else _TLSConnection
+        connection = kind(
             self._upstream_connector.reactor, self._upstream_connector.deadlines, self.address)
         connection.factory = self
         return connection
 
     def connection_made(self, connection: UpstreamConnection) -> None:
+        self.handshaking = None
         deferred, self.deferred = self.deferred, None
         if deferred is None or deferred.called:
             connection.close()  # the connect was cancelled meanwhile
             return
         deferred.callback(connection)
+
+    def connect_failed(self, error: UpstreamError) -> None:
+        """The TLS handshake failed, timed out or did not verify."""
+        self.handshaking = None
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None and not deferred.called:
+            deferred.errback(error)
+
+    def cancel(self) -> None:
+        """The connect Deferred was cancelled: drop a connection still handshaking."""
+        connection, self.handshaking = self.handshaking, None
+        if connection is not None:
+            connection.close()
 
     def clientConnectionFailed(self, connector, reason: Failure) -> None:
         deferred, self.deferred = self.deferred, None
@@ -538,6 +645,92 @@ class _ConnectingConnection(UpstreamConnection):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.connection_made(self)
+
+
+@implementer(IHandshakeListener)
+class _TLSConnection(UpstreamConnection):
+    """An upstream connection over TLS (its transport is a ``TLSMemoryBIOProtocol``).
+
+    It stays ``CONNECTING`` through the handshake, under the connect deadline, and is
+    handed to the connect Deferred only once the peer verified (nginx's
+    ``ngx_http_upstream_ssl_handshake``).
+    """
+
+    _session_pending = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.state = ConnectionState.CONNECTING
+        self.deadline = self.factory.deadline
+        self.factory.handshaking = self
+
+    def handshakeCompleted(self) -> None:
+        if self.state != ConnectionState.CONNECTING:
+            return
+        tls = self.factory.tls
+        handle = self.transport.getHandle()
+        problem = tls.check(handle)
+        if problem is not None:
+            tls.drop_session()
+            self._handshake_failed(UpstreamError(
+                "error", f"{problem} while SSL handshaking to upstream",
+                nothing_received=True))
+            return
+        tls.save_session(handle)
+        # TLS 1.3 sends the session ticket after the handshake: offer the session
+        # again once the first data (which comes after the ticket) arrives
+        self._session_pending = True
+        self.state = ConnectionState.READY
+        self.deadline = None
+        self.factory.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._session_pending:
+            self._session_pending = False
+            self.factory.tls.save_session(self.transport.getHandle())
+        super().dataReceived(data)
+
+    def deadline_expired(self) -> None:
+        if self.state == ConnectionState.CONNECTING:
+            self._handshake_failed(UpstreamError(
+                "timeout", MSG_HANDSHAKE_TIMEOUT, nothing_received=True))
+        else:
+            super().deadline_expired()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        if self.state == ConnectionState.CONNECTING:
+            self.factory.tls.drop_session()
+            self.factory.connect_failed(UpstreamError(
+                "error", self.factory.tls.describe_failure(reason)
+                + " while SSL handshaking to upstream", nothing_received=True))
+        super().connectionLost(reason)
+
+    def close(self) -> None:
+        state = self.state
+        if state == ConnectionState.CONNECTING:
+            self.state = ConnectionState.CLOSED
+            self.deadline = None
+            if self._connected:
+                self.transport.abortConnection()
+            return
+        graceful = (self._connected and not self._write_blocked
+                    and state in (ConnectionState.READY, ConnectionState.IDLE))
+        super().close()
+        if graceful:
+            # the TLS layer sent close_notify and would wait for the peer's; like a
+            # TCP close, do not wait: the socket closes once the alert is written
+            self.transport.transport.loseConnection()
+
+    def _handshake_failed(self, error: UpstreamError) -> None:
+        self.factory.connect_failed(error)
+        self.close()
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """TLS around a :class:`_ConnectFactory`; without Twisted's write aggregation (a
+    ``callLater`` per write): the connection already writes a request in one piece."""
+
+    protocol = TLSMemoryBIOProtocol
 
 
 def connect_error(reason: Failure) -> UpstreamError:
@@ -562,12 +755,17 @@ class UpstreamConnector:
         self.reactor = reactor
         self.deadlines = deadlines
 
-    def connect(self, address: Address, timeout: float) -> Deferred:
+    def connect(self, address: Address, timeout: float, tls=None) -> Deferred:
         """Connect to ``address`` (tcp host:port, ``[v6]:port`` or ``unix:/path``).
 
         Fires with an :class:`UpstreamConnection`, or fails with an
         :class:`UpstreamError` (kind ``"timeout"`` after ``timeout`` seconds, else
         ``"error"``). Cancelling the Deferred abandons the attempt.
+
+        With ``tls`` (a :class:`~gateway.tls.client.PeerTLS`) the connection is TLS
+        and fires once the handshake completed and the peer verified; ``timeout``
+        covers connect and handshake together. A handshake still running then fails
+        as ``"timeout"``; a failed handshake or verification as ``"error"``.
         """
         connector = None
 
@@ -577,9 +775,15 @@ class UpstreamConnector:
                     connector.stopConnecting()
                 except ierror.NotConnectingError:
                     pass
+            connecting.cancel()
 
         deferred = Deferred(cancel)
-        factory = _ConnectFactory(self, address, deferred)
+        if tls is None:
+            factory = connecting = _ConnectFactory(self, address, deferred)
+        else:
+            connecting = _ConnectFactory(self, address, deferred, tls,
+                                         self.reactor.seconds() + timeout)
+            factory = _TLSFactory(tls, True, connecting, clock=self.reactor)
         if address.is_unix:
             connector = self.reactor.connectUNIX(address.path, factory, timeout=timeout)
         else:

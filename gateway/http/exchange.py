@@ -7,7 +7,8 @@ two sides; it does no I/O and knows no framing:
 - the server protocol fills a :class:`RequestHead` (validated: Host normalised, body
   framing known, smuggling attempts already refused) and :class:`ConnectionInfo`;
 - the handler reads the request body through :meth:`Exchange.read_body` (flow-controlled
-  by ``pause_body``/``resume_body``) and answers through ``send_head`` / ``send_body`` /
+  by ``pause_body``/``resume_body``; its trailer fields in ``request_trailers`` once it
+  ended) and answers through ``send_head`` / ``send_body`` / ``send_trailers`` /
   ``finish`` (or ``abort`` when the response cannot be completed, so the client can
   tell it is truncated);
 - the server protocol decides framing (Content-Length, chunked, close-delimited),
@@ -32,6 +33,8 @@ class ConnectionInfo:
     address taken from ``real_ip_header`` (when it had a valid one), and ``original``
     is the connection as accepted (``$realip_remote_addr``). The copy lives as long as
     its exchange, as nginx restores the connection's address after each request.
+    ``scheme`` is ``"https"`` and ``tls`` set on TLS connections
+    (:func:`gateway.tls.server.connection_tls_info`).
     """
 
     remote_addr: str          # "127.0.0.1", "::1", or "unix:" for unix sockets
@@ -42,6 +45,10 @@ class ConnectionInfo:
     listener: str = ""        # the endpoint description this connection arrived on
     trusted: bool = False     # the connection comes from the server's set_real_ip_from
     original: Optional["ConnectionInfo"] = None   # as accepted, on a trusted copy
+    #: None on cleartext; on TLS a :class:`gateway.tls.server.TLSInfo` (``protocol``,
+    #: ``cipher``, ``server_name``, ``client_s_dn``, ``client_verify``), read lazily
+    #: from the connection since the handshake ends after the connection is accepted
+    tls: Optional[object] = None
 
 
 @dataclass
@@ -107,6 +114,13 @@ class Exchange(Protocol):
     status: int                        # 0 until send_head
     body_bytes_sent: int
     bytes_sent: int
+    #: The request's trailer fields ``[(name, value)]`` as received (HTTP/1.1: a
+    #: chunked body's trailer section; HTTP/2: a trailing HEADERS frame). Empty until
+    #: the body ended; set before ``receiver.body_end()`` is called.
+    request_trailers: Headers
+    #: The client will read response trailers: HTTP/1.1 when the request's ``TE``
+    #: header lists ``trailers``; HTTP/2 always.
+    accepts_trailers: bool
 
     def read_body(self, receiver: BodyReceiver) -> None:
         """Start delivering the request body to ``receiver``. Sends ``100 Continue``
@@ -122,6 +136,14 @@ class Exchange(Protocol):
         ``Content-Length`` among them is honoured for framing."""
 
     def send_body(self, data: bytes) -> None: ...
+
+    def send_trailers(self, headers: Headers) -> None:
+        """Trailer fields for the end of the response: called at most once, after the
+        last ``send_body`` and right before ``finish``. The handler filters them
+        (no hop-by-hop, framing or other fields RFC 9110 §6.5.1 keeps out of
+        trailers). HTTP/1.1 writes them in the last chunk of a chunked response when
+        :attr:`accepts_trailers`, else drops them; HTTP/2 sends a HEADERS frame that
+        ends the stream."""
 
     def finish(self) -> None:
         """The response is complete. Further pipelined requests may proceed."""
@@ -160,3 +182,8 @@ class UpstreamState:
     #: ``$upstream_queue_time`` (NGINX Plus): time spent in the group's ``queue``
     #: before each try, "0.000" when it did not wait
     queue_times: list[str] = field(default_factory=list)
+    #: ``$upstream_bytes_received`` / ``$upstream_bytes_sent``: bytes read from and
+    #: written to the peer for each try ("0" for a try that never connected); an
+    #: upgraded connection's tunnel bytes included
+    bytes_received: list[str] = field(default_factory=list)
+    bytes_sent: list[str] = field(default_factory=list)

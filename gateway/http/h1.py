@@ -25,10 +25,11 @@ from twisted.logger import Logger
 
 from gateway.http._h1core import (
     BODY_END, CONTINUE_100, BodyData, BodyEnd, Rejected, RequestParser, RequestStarted,
-    Upgraded, serialize_head,
+    RequestTrailers, Upgraded, serialize_head,
 )
 from gateway.http.errors import error_page
 from gateway.http.exchange import ConnectionInfo, RequestHead
+from gateway.tls.server import connection_tls_info
 
 __all__ = ["HTTP11Factory", "HTTP11Protocol", "H1Exchange"]
 
@@ -72,6 +73,15 @@ def _refill_request_ids() -> str:
 os.register_at_fork(after_in_child=_request_ids.clear)
 
 
+def _last_chunk(trailers) -> bytes:
+    """The last chunk of a chunked body with its trailer section."""
+    parts = [b"0\r\n"]
+    for name, value in trailers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
 class H1Exchange:
     """One request and its response on an HTTP/1.1 connection
     (implements :class:`gateway.http.exchange.Exchange`).
@@ -81,6 +91,11 @@ class H1Exchange:
     approximately for the head), ``keep_alive`` (whether the connection stays open
     after this response) and ``error_reason`` (why the protocol refused the request,
     for the error log).
+
+    Trailers: ``request_trailers`` are a chunked request body's trailer fields, set
+    just before ``body_end``. Response trailers given to :meth:`send_trailers` go in
+    the last chunk, and only to a client that said ``TE: trailers``
+    (:attr:`accepts_trailers`); a Content-Length response cannot carry them.
     """
 
     __slots__ = (
@@ -89,7 +104,7 @@ class H1Exchange:
         "error_reason", "_proto", "_receiver", "_body_paused", "_body_complete",
         "_discarding", "_continue_sent", "_pending", "_content_length", "_no_body",
         "_chunked", "_head_sent", "_done", "_close_callbacks", "_producer",
-        "_discard_started", "_own_server", "_own_date",
+        "_discard_started", "_own_server", "_own_date", "request_trailers", "_trailers",
     )
 
     def __init__(self, proto: "HTTP11Protocol", head: RequestHead, server,
@@ -122,6 +137,8 @@ class H1Exchange:
         self._close_callbacks = None
         self._producer = None
         self._discard_started = 0.0
+        self.request_trailers = []
+        self._trailers = None
 
     def __repr__(self) -> str:
         return "<H1Exchange %s %s %s>" % (self.request.method, self.request.target, self.status)
@@ -152,6 +169,26 @@ class H1Exchange:
             self._proto._advance()
 
     # -- response --------------------------------------------------------------------
+
+    @property
+    def accepts_trailers(self) -> bool:
+        """The client is HTTP/1.1 and its ``TE`` header lists ``trailers``
+        (RFC 9110 §10.1.4): it will read trailer fields in a chunked response."""
+        request = self.request
+        if request.version != "1.1":
+            return False
+        for value in request.header_values(b"te"):
+            for coding in value.split(b","):
+                if coding.split(b";", 1)[0].strip().lower() == b"trailers":
+                    return True
+        return False
+
+    def send_trailers(self, headers) -> None:
+        """Trailer fields for the end of the response (``finish`` writes them in
+        the last chunk). Dropped unless the client :attr:`accepts_trailers`."""
+        if self._done or not headers or not self.accepts_trailers:
+            return
+        self._trailers = headers
 
     def send_head(self, status: int, headers, reason: Optional[bytes] = None) -> None:
         if self._done or self._head_sent:
@@ -252,12 +289,18 @@ class H1Exchange:
     def finish(self) -> None:
         if self._done:
             return
+        trailers = self._trailers
         if not self._head_sent:
             if self._pending is None:
                 raise RuntimeError("finish before send_head")
-            self._write(self._flush_head(True))
+            if trailers and self._content_length is None and not self._no_body:
+                # no body but trailers (kept only for an HTTP/1.1 client): chunked,
+                # so that a last chunk carries them
+                self._write(self._flush_head(False) + _last_chunk(trailers))
+            else:
+                self._write(self._flush_head(True))
         elif self._chunked:
-            self._write(b"0\r\n\r\n")
+            self._write(_last_chunk(trailers) if trailers else b"0\r\n\r\n")
         if (self._content_length is not None and not self._no_body
                 and self.body_bytes_sent != self._content_length):
             self.keep_alive = False
@@ -358,8 +401,10 @@ class HTTP11Protocol(Protocol):
             server_addr, server_port = host.host, host.port
         else:
             server_addr, server_port = "unix:", 0
+        tls = connection_tls_info(transport)
         self.info = ConnectionInfo(remote_addr, remote_port, server_addr, server_port,
-                                   self.factory.scheme, self.factory.listener)
+                                   "https" if tls is not None else self.factory.scheme,
+                                   self.factory.listener, tls=tls)
         now = self.clock.seconds()
         self._idle_since = self._last_read = now
         # nginx counts the first request's client_header_timeout from the accept
@@ -454,6 +499,14 @@ class HTTP11Protocol(Protocol):
                     queue.popleft()
                     self._queued_bytes -= len(event.data)
                     exchange._receiver.body_data(event.data)
+                elif kind is RequestTrailers:
+                    if exchange._discarding:
+                        queue.popleft()
+                        continue
+                    if exchange._receiver is None or exchange._body_paused:
+                        break
+                    queue.popleft()
+                    exchange.request_trailers = event.headers
                 elif kind is BodyEnd:
                     if exchange._discarding:
                         queue.popleft()
@@ -548,7 +601,7 @@ class HTTP11Protocol(Protocol):
 
     def _body_arrived(self) -> bool:
         queue = self._queue
-        return bool(queue) and type(queue[0]) in (BodyData, BodyEnd, Rejected)
+        return bool(queue) and type(queue[0]) in (BodyData, RequestTrailers, BodyEnd, Rejected)
 
     def _exchange_done(self, exchange: H1Exchange, aborted: bool) -> None:
         exchange._done = True

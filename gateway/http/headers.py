@@ -182,6 +182,9 @@ class RequestHeaderPlan:
         self._not_copied = _REQUEST_NOT_COPIED | frozenset(entries)
         self.keepalive = keepalive
         self._sets_connection = b"connection" in entries
+        # nginx configurations say "proxy_set_header Upgrade $http_upgrade": that one
+        # is sent instead of the automatic Upgrade, never both
+        self._sets_upgrade = b"upgrade" in entries
         self._proxy_host = compile_template("$proxy_host")
 
     def build(self, exchange, ctx: VariableContext, method: str, uri: str,
@@ -234,7 +237,8 @@ class RequestHeaderPlan:
         for key, value in body_framing_headers:
             parts += (key, b": ", value, b"\r\n")
         if upgrade is not None:
-            parts += (b"Upgrade: ", upgrade, b"\r\n")
+            if not self._sets_upgrade:
+                parts += (b"Upgrade: ", upgrade, b"\r\n")
             if not self._sets_connection:
                 parts.append(b"Connection: upgrade\r\n")
         elif not self.keepalive and not self._sets_connection:

@@ -4,8 +4,9 @@ This module owns what one probe does on the wire; when to probe and what the res
 does to the peer is :mod:`gateway.upstream.health`'s. Probes go through the same
 :class:`~gateway.http.client.UpstreamConnector` and
 :class:`~gateway.http.client.UpstreamConnection` as proxied traffic, so they connect
-the way requests do (and will use the group's TLS once it exists), but they never take
-a lease: ``max_conns`` and the peer's counters are not touched.
+the way requests do (with TLS, SNI and verification when the group is used with
+``https://``; a ``tcp`` probe then passes once the handshake verified), but they never
+take a lease: ``max_conns`` and the peer's counters are not touched.
 
 - ``http``: ``GET uri`` with ``Host`` (the server's address as configured, spelt as
   ``$proxy_host`` spells a host and port — for a ``resolve = true`` peer that is the
@@ -36,12 +37,15 @@ from gateway.upstream.peer import Peer
 BODY_LIMIT = 256 * 1024
 
 
-def make_probe(settings: HealthCheckSettings, connector: UpstreamConnector) -> Probe:
-    """The probe for ``settings.type``; ``grpc`` belongs to the gRPC package."""
+def make_probe(settings: HealthCheckSettings, connector: UpstreamConnector,
+               tls=None) -> Probe:
+    """The probe for ``settings.type``; ``grpc`` belongs to the gRPC package. With
+    ``tls`` (the group's :class:`~gateway.tls.client.UpstreamTLS`, when the group is
+    used with ``https://``) probes connect with TLS and verify the peer as requests do."""
     if settings.type == "http":
-        return HTTPProbe(settings, connector)
+        return HTTPProbe(settings, connector, tls)
     if settings.type == "tcp":
-        return TCPProbe(settings, connector)
+        return TCPProbe(settings, connector, tls)
     raise ValueError(f"health_check type {settings.type!r} has no probe here")
 
 
@@ -59,25 +63,28 @@ def host_header(address: Address) -> str:
 class TCPProbe:
     """``type = "tcp"``: the peer accepts a connection."""
 
-    def __init__(self, settings: HealthCheckSettings, connector: UpstreamConnector):
+    def __init__(self, settings: HealthCheckSettings, connector: UpstreamConnector,
+                 tls=None):
         self.settings = settings
         self.connector = connector
+        self.tls = tls
 
     def __call__(self, peer: Peer) -> Deferred:
         def connected(connection: UpstreamConnection) -> ProbeResult:
             connection.close()
             return ProbeResult(True, "connected")
 
-        return self.connector.connect(peer.address, self.settings.timeout).addCallback(
-            connected)
+        return _connect(self, peer).addCallback(connected)
 
 
 class HTTPProbe:
     """``type = "http"``: one ``GET`` on a fresh connection, judged by status and body."""
 
-    def __init__(self, settings: HealthCheckSettings, connector: UpstreamConnector):
+    def __init__(self, settings: HealthCheckSettings, connector: UpstreamConnector,
+                 tls=None):
         self.settings = settings
         self.connector = connector
+        self.tls = tls
         self.body = settings.body.encode("utf-8") if settings.body is not None else None
         self._host_given = any(n.lower() == "host" for n, _ in settings.headers)
         # everything after the Host line is the same for every peer
@@ -95,8 +102,16 @@ class HTTPProbe:
         return self._start + host + self._rest
 
     def __call__(self, peer: Peer) -> Deferred:
-        check = _HTTPCheck(self, peer.address, self.request_head(peer.settings.address))
+        check = _HTTPCheck(self, peer, self.request_head(peer.settings.address))
         return check.deferred
+
+
+def _connect(probe, peer: Peer) -> Deferred:
+    """A probe's connection to ``peer``: TLS when its group is used with https."""
+    if probe.tls is None:
+        return probe.connector.connect(peer.address, probe.settings.timeout)
+    return probe.connector.connect(peer.address, probe.settings.timeout,
+                                   tls=probe.tls.for_peer(peer))
 
 
 class _HTTPCheck:
@@ -105,7 +120,7 @@ class _HTTPCheck:
     __slots__ = ("probe", "deferred", "_head", "_connecting", "_connection", "_status",
                  "_body", "_done")
 
-    def __init__(self, probe: HTTPProbe, address: Address, head: bytes):
+    def __init__(self, probe: HTTPProbe, peer: Peer, head: bytes):
         self.probe = probe
         self._head = head
         self.deferred = Deferred(self._cancel)
@@ -113,8 +128,7 @@ class _HTTPCheck:
         self._status = 0
         self._body = bytearray()
         self._done = False
-        timeout = probe.settings.timeout
-        self._connecting: Optional[Deferred] = probe.connector.connect(address, timeout)
+        self._connecting: Optional[Deferred] = _connect(probe, peer)
         self._connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, connection: UpstreamConnection) -> None:

@@ -30,6 +30,20 @@ backpressure both ways. With ``proxy_buffering`` the response goes through a
 :class:`~gateway.http.spool.ResponseSpool`; without it the upstream connection is paused
 while the client is slow.
 
+Trailers pass both ways, filtered by :func:`trailer_fields` (and, for the response,
+by the location's hidden headers, as nginx's ``proxy_pass_trailers`` does): the
+upstream's response trailers go to ``exchange.send_trailers`` right before
+``finish`` (after everything spooled), and the client's request trailers
+(``exchange.request_trailers`` at body end) go in the last chunk of a chunked request
+body; a buffered body that has trailers is sent chunked for that reason.
+
+An ``Upgrade`` request (:func:`~gateway.http.tunnel.requested_upgrade`) on a location
+with ``proxy_websocket`` goes out with its ``Upgrade`` and ``Connection: upgrade``, and
+is retried by the rules above until a peer answers. A ``101`` is relayed and the try's
+connection and lease pass to a :class:`~gateway.http.tunnel.Tunnel`; the lease is
+released (``OK``) once both connections closed. A ``101`` to a request that asked for no
+upgrade is an ``invalid_header`` failure: the client never sees what followed it.
+
 Header construction, routing, the upstream client and the balancer live elsewhere; this
 module only sequences them.
 """
@@ -44,12 +58,17 @@ from gateway.http.exchange import UpstreamState
 from gateway.http.headers import RequestHeaderPlan, ResponseHeaderPlan
 from gateway.http.routing import upstream_uri
 from gateway.http.spool import DEFAULT_MEMORY_LIMIT as SPOOL_MEMORY_LIMIT, ResponseSpool
+from gateway.http.tunnel import MSG_IDLE_TIMEOUT, Tunnel, downstream_end, requested_upgrade
 from gateway.http.variables import VariableContext, compile_template
 from gateway.upstream import Outcome, PickContext, QueueError
 
 log = Logger()
 
 _NON_IDEMPOTENT = frozenset({"POST", "LOCK", "PATCH"})
+MSG_UNSOLICITED_101 = ("upstream sent \"101 Switching Protocols\" to a request "
+                       "without Upgrade while reading response header from upstream")
+#: the pool key of a TLS connection is this prefix and the peer's name
+TLS_POOL_PREFIX = "https "
 _NOT_QUEUED = "0.000"   # $upstream_queue_time of a try that did not wait
 # statuses proxy_next_upstream can name, and whether a retry on them is a peer failure
 _STATUS_CONDITIONS = {
@@ -61,6 +80,36 @@ _STATUS_CONDITIONS = {
     403: ("http_403", Outcome.NEXT),
     404: ("http_404", Outcome.NEXT),
 }
+
+
+#: Fields that never travel in a trailer section, in either direction: hop-by-hop and
+#: framing fields, and those RFC 9110 §6.5.1 says a recipient must not merge from
+#: trailers (routing, request modifiers, authentication, response control data, how
+#: to process the content).
+FORBIDDEN_TRAILERS = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
+    b"upgrade", b"trailer", b"content-length", b"host",
+    b"cache-control", b"expect", b"max-forwards", b"pragma", b"range", b"if-match",
+    b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"if-range",
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate",
+    b"authentication-info", b"proxy-authentication-info", b"cookie", b"set-cookie",
+    b"age", b"date", b"expires", b"location", b"retry-after", b"vary",
+    b"content-encoding", b"content-type", b"content-range",
+})
+
+
+def trailer_fields(headers) -> list:
+    """The fields of ``headers`` that may be forwarded as trailers: none of
+    :data:`FORBIDDEN_TRAILERS`, no pseudo-header, nothing that could break the
+    framing of an HTTP/1.1 trailer section (CR, LF, NUL)."""
+    kept = []
+    for name, value in headers:
+        if name.lower() in FORBIDDEN_TRAILERS or name[:1] == b":":
+            continue
+        if b"\r" in value or b"\n" in value or b"\0" in value or b"\n" in name:
+            continue
+        kept.append((name, value))
+    return kept
 
 
 def _ms(seconds: float) -> str:
@@ -77,12 +126,22 @@ class ProxyHandler:
     """The handler of one ``proxy_pass`` location: shared, precompiled parts."""
 
     def __init__(self, location, group, pool, connector, clock,
-                 response_plan: Optional[ResponseHeaderPlan] = None):
+                 response_plan: Optional[ResponseHeaderPlan] = None, tls=None,
+                 metrics=None):
         self.location = location
         self.group = group
         self.pool = pool
         self.connector = connector
         self.clock = clock
+        #: ``proxy_pass https://``: the group's :class:`~gateway.tls.client.UpstreamTLS`.
+        #: Its pooled connections are kept under their own key, so a group used with
+        #: both schemes never hands a TLS connection to a cleartext request or back.
+        self.tls = tls
+        self.pool_prefix = TLS_POOL_PREFIX if tls is not None else ""
+        #: the live Upgrade tunnels of this location (:mod:`gateway.http.tunnel`),
+        #: also counted in ``metrics`` (``gateway_tunnels``) when given
+        self.tunnels: set = set()
+        self.metrics = metrics
         keepalive = group.settings.keepalive > 0
         self.request_plan = RequestHeaderPlan(location, keepalive=keepalive)
         self.response_plan = response_plan or ResponseHeaderPlan(location)
@@ -110,7 +169,7 @@ class ProxyRequest:
         "h", "exchange", "location", "clock", "request", "method", "state", "ctx",
         "attempts", "lease", "conn", "body", "body_complete", "request_sent",
         "streamed_body", "client_started", "spool", "done", "try_start", "started", "uri",
-        "waiting", "queued_at",
+        "waiting", "queued_at", "trailers", "upgrade",
     )
 
     def __init__(self, handler: ProxyHandler, exchange):
@@ -137,6 +196,8 @@ class ProxyRequest:
         self.try_start = 0.0
         self.waiting = None             # the Deferred[Lease] while in the group's queue
         self.queued_at = 0.0
+        self.trailers: Optional[list] = None   # the response's, filtered
+        self.upgrade: Optional[bytes] = None   # the client's Upgrade, when forwarded
 
     # -- start --------------------------------------------------------------
 
@@ -152,6 +213,12 @@ class ProxyRequest:
                 self.request.path, self.request.args,
             )
         self.exchange.on_close(self._client_gone)
+        if self.location.proxy_websocket:
+            self.upgrade = requested_upgrade(self.exchange)
+            if self.upgrade is not None and not self.request.has_body:
+                # until the peer answers, what the client sends after its head waits
+                # in the parser, unbounded: read no more of it meanwhile
+                self.exchange.pause_body()
         if self.request.has_body and self.location.proxy_request_buffering:
             self.body = []
             self.exchange.read_body(_BufferedBody(self))
@@ -229,11 +296,16 @@ class ProxyRequest:
         self.try_start = self.clock.seconds()
         self.request_sent = False
         peer = self.lease.peer
-        conn = self.h.pool.take(peer.name) if allow_pooled else None
+        conn = self.h.pool.take(self.h.pool_prefix + peer.name) if allow_pooled else None
         if conn is not None:
             self._connected(conn)
             return
-        d = self.h.connector.connect(peer.address, self.location.proxy_connect_timeout)
+        tls = self.h.tls
+        if tls is None:
+            d = self.h.connector.connect(peer.address, self.location.proxy_connect_timeout)
+        else:
+            d = self.h.connector.connect(peer.address, self.location.proxy_connect_timeout,
+                                         tls=tls.for_peer(peer))
         d.addCallbacks(self._connected, self._connect_failed)
 
     def _connect_failed(self, failure) -> None:
@@ -251,24 +323,28 @@ class ProxyRequest:
         self.conn = conn
         self.state.connect_times.append(_ms(self.clock.seconds() - self.try_start))
         self.request_sent = True
+        trailers = () if self.body is None else trailer_fields(self.exchange.request_trailers)
         if self.request.has_body and not self.location.proxy_request_buffering:
             framing = "length" if self.request.content_length is not None else "chunked"
+        elif trailers:
+            framing = "chunked"     # only a chunked body has room for trailers
         elif self.body:
             framing = "length"
         else:
             framing = "none"
         head = self.h.request_plan.build(
-            self.exchange, self.ctx, self.method, self.uri, self._framing_headers(framing)
+            self.exchange, self.ctx, self.method, self.uri, self._framing_headers(framing),
+            upgrade=self.upgrade,
         )
         conn.send_request(
             head, self, method=self.method, body=framing,
             read_timeout=self.location.proxy_read_timeout,
             send_timeout=self.location.proxy_send_timeout,
         )
-        if framing == "length" and self.body is not None:
+        if self.body is not None and framing != "none":
             for chunk in self.body:
                 conn.write_body(chunk)
-            conn.end_body()
+            conn.end_body(trailers)
         elif framing != "none":
             self._stream_body(conn)
 
@@ -298,6 +374,9 @@ class ProxyRequest:
         now = self.clock.seconds()
         self.state.statuses.append(str(head.status))
         self.state.header_times.append(_ms(now - self.try_start))
+        if head.status == 101:
+            self._switch_protocols(head)
+            return
         condition = _STATUS_CONDITIONS.get(head.status)
         if condition is not None and condition[0] in self.location.proxy_next_upstream:
             if self._may_retry(condition[0], last_try_allowed=False):
@@ -330,12 +409,17 @@ class ProxyRequest:
         else:
             self.exchange.send_body(data)
 
+    def response_trailers(self, headers: list) -> None:
+        if self.done:
+            return
+        self.trailers = trailer_fields(self.h.response_plan.filter(headers)) or None
+
     def response_end(self) -> None:
         if self.done:
             return
         conn, self.conn = self.conn, None
-        peer_name = self.lease.peer.name
-        self._record_response_time()
+        peer_name = self.h.pool_prefix + self.lease.peer.name
+        self._record_response_time(conn)
         # a complete response recorded connect, header and response time: aligned
         self._release(Outcome.OK, aligned=True)
         if conn.reusable:
@@ -344,9 +428,11 @@ class ProxyRequest:
             conn.close()
         self.done = True
         if self.spool is not None:
-            self.spool.finish()
+            self.spool.finish(self.trailers)
         else:
             self.exchange.unregister_producer()
+            if self.trailers:
+                self.exchange.send_trailers(self.trailers)
             self.exchange.finish()
 
     def response_error(self, error: UpstreamError) -> None:
@@ -447,6 +533,8 @@ class ProxyRequest:
                        self.state.header_times, self.state.response_times,
                        self.state.queue_times):
             values.extend("-" * (count - len(values)))
+        for values in (self.state.bytes_received, self.state.bytes_sent):
+            values.extend("0" * (count - len(values)))
 
     def _close_conn(self) -> None:
         conn, self.conn = self.conn, None
@@ -454,8 +542,68 @@ class ProxyRequest:
             conn.set_body_producer(None)
             conn.close()
 
-    def _record_response_time(self) -> None:
+    def _record_response_time(self, conn=None) -> None:
+        """The try's ``$upstream_response_time`` and byte counts (on ``conn``, by
+        default the try's connection; none when it never connected)."""
         self.state.response_times.append(_ms(self.clock.seconds() - self.try_start))
+        conn = conn or self.conn
+        if conn is not None:
+            self.state.bytes_received.append(str(conn.bytes_received))
+            self.state.bytes_sent.append(str(conn.bytes_sent))
+        else:
+            self.state.bytes_received.append("0")
+            self.state.bytes_sent.append("0")
+
+    # -- Upgrade -------------------------------------------------------------------
+
+    def _switch_protocols(self, head) -> None:
+        """The peer answered 101: relay it and make both connections a tunnel that
+        holds this try's lease until it ends (:mod:`gateway.http.tunnel`)."""
+        if self.upgrade is None:
+            # nginx would relay this 101 and then the peer's bytes as its body; a
+            # switch this gateway did not ask for is refused before any of them
+            self.state.statuses.pop()
+            self._attempt_failed(UpstreamError("invalid_header", MSG_UNSOLICITED_101))
+            return
+        conn, self.conn = self.conn, None
+        self.done = True
+        self.client_started = True
+        # the response filter drops hop-by-hop fields; a 101 carries the peer's Upgrade
+        # and "Connection: upgrade", as nginx writes them
+        headers = self.h.response_plan.filter(head.headers)
+        headers += [(name, value) for name, value in head.headers
+                    if name.lower() == b"upgrade"]
+        headers.append((b"Connection", b"upgrade"))
+        self.h.response_plan.add(headers, self.ctx)
+        self.exchange.send_head(101, headers, head.reason or None)
+        tunnel = Tunnel(
+            downstream_end(self.exchange), conn, clock=self.clock,
+            deadlines=self.h.connector.deadlines,
+            idle_timeout=self.location.proxy_read_timeout,
+            on_closing=self._tunnel_closing, on_closed=self._tunnel_closed,
+        )
+        self.h.tunnels.add(tunnel)
+        if self.h.metrics is not None:
+            self.h.metrics.tunnel_opened()
+        tunnel.start()
+
+    def _tunnel_closing(self, tunnel: Tunnel) -> None:
+        """The first side closed: the try's numbers are final (nginx's finalize)."""
+        if tunnel.ended_by == "timeout":
+            log.error("{message} (upstream {peer}, request \"{method} {uri}\")",
+                      message=MSG_IDLE_TIMEOUT, peer=self._peer_name(),
+                      method=self.method, uri=self.request.target)
+        self.state.response_times.append(_ms(tunnel.ended - self.try_start))
+        self.state.bytes_received.append(str(tunnel.upstream_bytes_received))
+        self.state.bytes_sent.append(str(tunnel.upstream_bytes_sent))
+
+    def _tunnel_closed(self, tunnel: Tunnel) -> None:
+        """Both connections are gone: the peer is free again. As in nginx
+        (ngx_http_upstream_finalize_request), however it ended it is not a failure."""
+        self.h.tunnels.discard(tunnel)
+        if self.h.metrics is not None:
+            self.h.metrics.tunnel_closed()
+        self._release(Outcome.OK, aligned=True)
 
     def _peer_name(self) -> str:
         return self.lease.peer.name if self.lease is not None else self.h.group.name
@@ -521,7 +669,7 @@ class _StreamedBody:
     def body_end(self) -> None:
         self.request.body_complete = True
         if self.request.conn is self.conn:
-            self.conn.end_body()
+            self.conn.end_body(trailer_fields(self.request.exchange.request_trailers))
 
     def body_error(self, reason: str) -> None:
         self.request._client_gone()

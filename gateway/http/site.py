@@ -109,6 +109,9 @@ class Site:
             # first, as nginx's post-read phase: everything after sees the real client
             realip(exchange)
         match = matcher.match(exchange.request.path)
+        if match.location is not None:
+            # the location's metrics are counted by its identity (gateway.metrics)
+            exchange.variables["location"] = match.location
         if match.redirect is not None:
             target = match.redirect
             if exchange.request.args:

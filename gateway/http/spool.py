@@ -10,7 +10,8 @@ up to ``memory_limit``, then in a temporary file up to ``file_limit``; beyond th
 upstream is paused (``pause_upstream``) until the spool drains.
 
 It knows nothing of HTTP framing or of upstream connections: it receives body bytes and
-an end marker, and calls the exchange's ``send_body``/``finish``.
+an end marker (with the response's trailer fields, if any), and calls the exchange's
+``send_body``, then ``send_trailers`` once everything spooled was sent, then ``finish``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ class ResponseSpool:
         self._upstream_paused = False
         self._ended = False
         self._stopped = False
+        self._trailers = None
 
     # -- upstream side --------------------------------------------------------
 
@@ -72,9 +74,11 @@ class ResponseSpool:
             self._upstream_paused = True
             self._pause_upstream()
 
-    def finish(self) -> None:
-        """The upstream response is complete; finish the client response once drained."""
+    def finish(self, trailers=None) -> None:
+        """The upstream response is complete; finish the client response once drained,
+        passing ``trailers`` (already filtered) after the last spooled byte."""
         self._ended = True
+        self._trailers = trailers
         if not self.buffered and not self._stopped:
             self._complete()
 
@@ -131,8 +135,11 @@ class ResponseSpool:
 
     def _complete(self) -> None:
         self._stopped = True
-        self._exchange.unregister_producer()
-        self._exchange.finish()
+        exchange = self._exchange
+        exchange.unregister_producer()
+        if self._trailers:
+            exchange.send_trailers(self._trailers)
+        exchange.finish()
 
     def _close_file(self) -> None:
         if self._file is not None:

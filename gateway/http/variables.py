@@ -210,6 +210,13 @@ def _from_variables(key: str) -> Getter:
     return get
 
 
+def _tls(name: str) -> Getter:
+    def get(ctx: VariableContext) -> str:
+        tls = ctx.exchange.connection.tls
+        return "" if tls is None else getattr(tls, name)
+    return get
+
+
 def _attribute_number(name: str) -> Getter:
     def get(ctx: VariableContext) -> str:
         value = getattr(ctx.exchange, name, None)
@@ -270,12 +277,16 @@ SIMPLE_VARIABLES: dict[str, Getter] = {
     "upstream_header_time": _upstream_list("header_times"),
     "upstream_response_time": _upstream_list("response_times"),
     "upstream_queue_time": _upstream_list("queue_times"),
+    "upstream_bytes_received": _upstream_list("bytes_received"),
+    "upstream_bytes_sent": _upstream_list("bytes_sent"),
     "upstream_cache_status": _from_variables("upstream_cache_status"),
-    # No TLS termination yet: empty until gateway.tls fills exchange.variables.
-    "ssl_protocol": _from_variables("ssl_protocol"),
-    "ssl_cipher": _from_variables("ssl_cipher"),
-    "ssl_server_name": _from_variables("ssl_server_name"),
-    "ssl_client_s_dn": _from_variables("ssl_client_s_dn"),
+    # from the connection's gateway.tls.server.TLSInfo; empty on cleartext
+    "ssl_protocol": _tls("protocol"),
+    "ssl_cipher": _tls("cipher"),
+    "ssl_server_name": _tls("server_name"),
+    "ssl_client_s_dn": _tls("client_s_dn"),
+    "ssl_client_verify": _tls("client_verify"),
+    "ssl_session_reused": _tls("session_reused"),
 }
 
 

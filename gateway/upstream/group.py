@@ -203,8 +203,8 @@ class UpstreamGroup:
     def _pick(self, attempts: Attempts, context: PickContext, now: float) -> Optional[Peer]:
         if self.single:
             peer = self.peers[0]
-            # active health checks do take the only server out (NGINX Plus: 502)
-            if peer.down or not peer.healthy or peer.at_max_conns():
+            # active health checks (and drain) do take the only server out (NGINX Plus: 502)
+            if peer.down or not peer.healthy or peer.draining or peer.at_max_conns():
                 return None
             return peer
 
@@ -268,11 +268,13 @@ class UpstreamGroup:
         ``max_conns`` (so a release would make it eligible)?"""
         if self.single:
             peer = self.peers[0]
-            return not peer.down and peer.healthy and peer.at_max_conns()
+            return (not peer.down and peer.healthy and not peer.draining
+                    and peer.at_max_conns())
         tried = attempts.tried
         for peer in self._all:
             if (peer.max_conns and peer.conns >= peer.max_conns and peer not in tried
-                    and not peer.down and peer.healthy and not peer.failed_at(now)):
+                    and not peer.down and peer.healthy and not peer.draining
+                    and not peer.failed_at(now)):
                 return True
         return False
 
@@ -285,6 +287,14 @@ class UpstreamGroup:
         passed, ``down`` cleared, DNS added a peer): serve waiting requests now."""
         if self.queue:
             self.queue.dispatch(self._acquire_queued)
+
+    def weights_changed(self) -> None:
+        """A peer's ``weight`` changed at run time (``Peer.set_weight``, admin API):
+        balancers that derive totals from the weights (random, consistent hash)
+        rebuild them."""
+        self._primary.peers_changed()
+        if self._backup is not None:
+            self._backup.peers_changed()
 
     # -- status ------------------------------------------------------------------------
 

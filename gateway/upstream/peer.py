@@ -47,7 +47,7 @@ class Peer:
         "current_weight", "conns", "fails", "accessed", "checked", "max_fails",
         "fail_timeout", "max_conns", "down", "backup", "requests", "failures",
         "healthy", "health_last", "health_latency", "slow_start", "ramp_start",
-        "last_error", "last_error_at",
+        "last_error", "last_error_at", "draining",
     )
 
     def __init__(self, settings: PeerSettings):
@@ -84,6 +84,8 @@ class Peer:
         #: (``Lease.release(outcome, error)``), for status pages
         self.last_error: Optional[str] = None
         self.last_error_at: Optional[float] = None
+        #: ``drain`` (admin API, NGINX Plus): no new attempts, those in flight finish
+        self.draining: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -109,7 +111,7 @@ class Peer:
 
         ``failed_at`` and ``at_max_conns`` written out: this runs for every candidate
         of every pick."""
-        if self.down or not self.healthy:
+        if self.down or not self.healthy or self.draining:
             return False
         if (self.max_fails and self.fails >= self.max_fails
                 and now - self.checked <= self.fail_timeout):
@@ -129,6 +131,16 @@ class Peer:
         if self.down and not down:
             self._start_ramp(now)
         self.down = down
+
+    def set_weight(self, weight: int) -> None:
+        """A new ``weight`` at run time (admin API). ``effective_weight`` moves by the
+        same amount, so a peer not lowered by failures is at full weight at once and
+        one that is keeps its deficit (still climbing back by one per pick). Balancers
+        that cache totals must be told: ``UpstreamGroup.weights_changed``."""
+        if weight < 1:
+            raise ValueError(f"weight must be at least 1, got {weight}")
+        self.effective_weight = max(0, min(weight, self.effective_weight + weight - self.weight))
+        self.weight = weight
 
     def _start_ramp(self, now: float) -> None:
         if self.slow_start > 0:
@@ -155,10 +167,12 @@ class Peer:
 
     def state(self, now: float) -> str:
         """The peer's state in the operator's words, most serious first: ``down``
-        (configured or set), ``unhealthy`` (active checks), ``failed`` (``max_fails``
-        within ``fail_timeout``), else ``up``."""
+        (configured or set), ``draining`` (admin API), ``unhealthy`` (active checks),
+        ``failed`` (``max_fails`` within ``fail_timeout``), else ``up``."""
         if self.down:
             return "down"
+        if self.draining:
+            return "draining"
         if not self.healthy:
             return "unhealthy"
         if self.failed_at(now):

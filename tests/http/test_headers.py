@@ -174,6 +174,19 @@ def test_upgrade_request_sends_upgrade_and_connection_upgrade():
         + b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n")
 
 
+def test_nginx_style_upgrade_headers_are_sent_once():
+    """``proxy_set_header Upgrade $http_upgrade`` and ``Connection "upgrade"``, as nginx
+    configurations have them, replace the automatic pair instead of doubling it."""
+    plan = RequestHeaderPlan(location(proxy_set_header=(
+        ("Upgrade", "$http_upgrade"), ("Connection", "upgrade"))), keepalive=False)
+    exchange = make_exchange([(b"Host", b"example.com"), (b"Connection", b"Upgrade"),
+                              (b"Upgrade", b"websocket")])
+    head = build(plan, exchange, upgrade=b"websocket")
+    assert head.count(b"Upgrade: websocket\r\n") == 1
+    assert head.count(b"Connection: ") == 1
+    assert head.endswith(b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+
+
 def test_proxy_set_header_connection_replaces_the_automatic_one():
     plan = RequestHeaderPlan(location(proxy_set_header=(("Connection", "keep-alive"),)),
                              keepalive=False)

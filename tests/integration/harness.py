@@ -377,6 +377,9 @@ async def start_gateway(testcase, toml: str, backends=(), **addresses) -> tuple[
     text = textwrap.dedent(toml)
     for key, value in values.items():
         text = text.replace("{%s}" % key, value)
+    if "[admin]" not in text:
+        # the documented default would listen on port 9901 in every test
+        text += "\n[admin]\nlisten = false\n"
     config = parse_config(tomllib.loads(text), "/tmp/gateway-test.toml")
     service = GatewayService(config, reactor)
     service.startService()

@@ -8,6 +8,7 @@ import tempfile
 from twisted.trial import unittest
 
 from gateway.config import load_config
+from gateway.tls.selfsigned import write_localhost_certificate
 from tests.integration.harness import connect, get, request, start_backends, start_gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -183,22 +184,40 @@ class Routing(unittest.TestCase):
 
 
 class SiteConfiguration(unittest.TestCase):
+    def _site_copy(self) -> str:
+        """The shipped conf/site.toml copied into a temporary directory, with the
+        throwaway certificate its TLS listener names written next to it by the same
+        generator ``make run`` uses (conf/tls/ is never committed)."""
+        directory = tempfile.mkdtemp(prefix="gateway-site-")
+        self.addCleanup(shutil.rmtree, directory)
+        os.mkdir(os.path.join(directory, "conf"))
+        shutil.copy(os.path.join(ROOT, "conf", "site.toml"), os.path.join(directory, "conf"))
+        write_localhost_certificate(os.path.join(directory, "conf", "tls"))
+        return directory
+
     def test_the_shipped_site_toml_loads(self):
-        config = load_config(os.path.join(ROOT, "conf", "site.toml"))
-        self.assertEqual(list(config.listeners()), ["tcp:8080:interface=127.0.0.1"])
+        directory = self._site_copy()
+        config = load_config(os.path.join(directory, "conf", "site.toml"))
+        self.assertEqual(list(config.listeners()),
+                         ["tcp:8080:interface=127.0.0.1", "tcp:8443:interface=127.0.0.1"])
         self.assertEqual(
             [p.address.text for p in config.upstreams["demo"].servers],
             ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"],
         )
+        tls = config.servers[1].tls
+        self.assertEqual((tls.certificate, tls.key),
+                         (os.path.join(directory, "conf", "tls", "localhost.pem"),
+                          os.path.join(directory, "conf", "tls", "localhost.key")))
 
-    def _twistd(self, *args):
+    def _twistd(self, *args, cwd=ROOT):
         return subprocess.run(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=cwd, capture_output=True, text=True, timeout=60,
         )
 
     def test_check_prints_configuration_ok(self):
-        result = self._twistd("-n", "--pidfile=", "gateway", "-c", "conf/site.toml", "--check")
+        result = self._twistd("-n", "--pidfile=", "gateway", "-c", "conf/site.toml", "--check",
+                              cwd=self._site_copy())
         self.assertEqual((result.returncode, result.stdout), (0, "configuration ok\n"), result.stderr)
 
     def test_check_prints_every_error_with_its_path_and_exits_1(self):
