@@ -22,7 +22,7 @@ demo-cert: $(STAMP)
 	@$(BIN)/python -m gateway.tls.selfsigned conf/tls >/dev/null
 
 run: $(STAMP) demo-cert
-	@echo "demo backends on 127.0.0.1:8081-8083, gateway on http://localhost:8080/ and https://localhost:8443/ (Ctrl-C stops both)"
+	@echo "demo backends on 127.0.0.1:8081-8083 (gRPC: 50061-50063), gateway on http://localhost:8080/, https://localhost:8443/ and gRPC 127.0.0.1:50051 (Ctrl-C stops both)"
 	@$(BIN)/python -m gateway.demo & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null; wait $$demo 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/twistd -n --pidfile= gateway -c conf/site.toml

@@ -2,17 +2,29 @@
 """Side-by-side benchmark: the gateway (asyncio and epoll reactors) against nginx.
 
 Run it through ``bench/run.sh`` (``make bench``); see bench/README.md for what is measured
-and how to read the table. Standard library only, so it runs with any Python 3.11.
+and how to read the tables. Standard library only, so it runs with any Python 3.11 (the
+certificate for the TLS cases comes from the project's ``gateway.tls.selfsigned``, or
+openssl when that is missing).
 
-Layout (every address is 127.0.0.1, ports chosen free at start):
+Layout of the headline case, ``http1`` (every address is 127.0.0.1, ports chosen free at
+start):
 
     wrk ──► proxy under test ──► two upstream "backends": one nginx instance serving a
             (nginx, or the gateway       small fixed 200 on two ports, plus a stub_status
              on each reactor)             port used to count upstream connections
 
-All proxies are started first and stay up; the measured runs then alternate between them
-(round 1: every proxy, round 2: every proxy) so slow drift of the machine affects each
-alike, and the better of the rounds is reported.
+All proxies of a case are started first and stay up; the measured runs then alternate
+between them (round 1: every proxy, round 2: every proxy) so slow drift of the machine
+affects each alike, and the better of the rounds is reported. The other cases
+(``--cases``) run one after the other, each with its own freshly started proxies, after
+``http1``'s proxies are stopped:
+
+- ``https``: wrk over TLS 1.3 (keepalive, HTTP/1.1) to the same backends;
+- ``h2`` and ``h2c``: h2load over TLS with ALPN h2, and cleartext HTTP/2 with prior
+  knowledge;
+- ``ws``: WebSocket echo through each proxy (bench/wsload.py → proxy → bench/wsecho.py):
+  messages/s, CPU per message, and memory per idle tunnel; plus the client straight to
+  the echo backend ("direct") as the load side's own ceiling.
 """
 from __future__ import annotations
 
@@ -20,18 +32,22 @@ import argparse
 import json
 import os
 import re
+import resource
+import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import http.client
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BACKEND_BODIES = (b"bench-backend-1\n", b"bench-backend-2\n")
 
@@ -215,10 +231,11 @@ http {{
 """
 
 
-def nginx_proxy_conf(work: Path, port: int, backend_ports: List[int], keepalive: int) -> str:
+def nginx_proxy_conf(work: Path, port: int, backend_ports: List[int], keepalive: int,
+                     workers: int = 1) -> str:
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backend_ports)
     return f"""# nginx as the reference proxy: the same job as the gateway's bench config
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {work}/nginx-proxy.pid;
 error_log {work}/nginx-proxy-error.log warn;
@@ -254,11 +271,12 @@ http {{
 """
 
 
-def gateway_toml(port: int, backend_ports: List[int], keepalive: int) -> str:
+def gateway_toml(port: int, backend_ports: List[int], keepalive: int, workers: int = 1) -> str:
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in backend_ports)
+    workers_line = f"workers = {workers}\n" if workers != 1 else ""
     return f"""# gateway config for the benchmark (CONFIG.md); the nginx proxy config does the same job
 [gateway]
-access_log = false
+{workers_line}access_log = false
 shutdown_timeout = "1s"
 
 [admin]
@@ -318,9 +336,9 @@ def parse_wrk(out: str) -> WrkResult:
                      p50_ms=p50, p99_ms=p99, errors=errors, non_2xx=int(n.group(1)) if n else 0, raw=out)
 
 
-def run_wrk(args, port: int, seconds: float, cpu: Optional[str]) -> WrkResult:
+def run_wrk(args, port: int, seconds: float, cpu: Optional[str], url: Optional[str] = None) -> WrkResult:
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--latency",
-            f"http://127.0.0.1:{port}/"]
+            url or f"http://127.0.0.1:{port}/"]
     if cpu is not None:
         argv = ["taskset", "-c", cpu] + argv
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -348,10 +366,12 @@ class Target:
     proc: Optional[subprocess.Popen] = None
     error: Optional[str] = None
     runs: List[dict] = field(default_factory=list)
+    best_key: str = "rps"   # the run field that picks the best run
+    extra: dict = field(default_factory=dict)   # per-target results outside the runs (ws: idle memory)
 
     @property
     def best(self) -> Optional[dict]:
-        return max(self.runs, key=lambda r: r["rps"]) if self.runs else None
+        return max(self.runs, key=lambda r: r[self.best_key]) if self.runs else None
 
 
 def upstream_accepts(status_port: int) -> int:
@@ -363,12 +383,13 @@ def upstream_accepts(status_port: int) -> int:
     return int(m.group(1))
 
 
-def measure(args, target: Target, status_port: int, wrk_cpu: Optional[str]) -> dict:
-    run_wrk(args, target.port, args.warmup, wrk_cpu)
+def measure(args, target: Target, status_port: int, wrk_cpu: Optional[str], url: Optional[str] = None,
+            duration: Optional[float] = None, warmup: Optional[float] = None) -> dict:
+    run_wrk(args, target.port, args.warmup if warmup is None else warmup, wrk_cpu, url)
     accepts0 = upstream_accepts(status_port)
     cpu0 = cpu_seconds(target.proc.pid)
     t0 = time.monotonic()
-    w = run_wrk(args, target.port, args.duration, wrk_cpu)
+    w = run_wrk(args, target.port, args.duration if duration is None else duration, wrk_cpu, url)
     wall = time.monotonic() - t0
     cpu1 = cpu_seconds(target.proc.pid)
     accepts1 = upstream_accepts(status_port)
@@ -393,25 +414,32 @@ def measure(args, target: Target, status_port: int, wrk_cpu: Optional[str]) -> d
     }
 
 
+def gateway_env() -> dict:
+    """The environment the gateway runs in: the checkout first on ``PYTHONPATH`` (so the
+    checkout is what is benchmarked, and twisted/plugins/gateway_plugin.py is found even
+    uninstalled)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+
+def start_hint(t: Target) -> str:
+    log = t.log.read_text(errors="replace") if t.log.exists() else ""
+    if "Unknown command: gateway" in log:
+        return ("\n  hint: twistd does not know the gateway plugin: install the project into .venv "
+                "(make install, or .venv/bin/pip install -e .)")
+    if "No module named" in log:
+        return "\n  hint: a module is missing: is the project (and its dependencies) installed into .venv?"
+    return ""
+
+
 def start_target(t: Target, cpu: Optional[str], timeout: float) -> None:
-    env = None
-    if t.kind == "gateway":
-        # benchmark the checkout (also finds twisted/plugins/gateway_plugin.py uninstalled)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = gateway_env() if t.kind == "gateway" else None
     t.proc = spawn(t.argv, t.log, cpu, env=env)
     try:
         wait_http(t.name, t.proc, t.port, t.log, timeout,
                   expect=lambda body: body in BACKEND_BODIES)
     except BenchError as e:
-        hint = ""
-        log = t.log.read_text(errors="replace") if t.log.exists() else ""
-        if "Unknown command: gateway" in log:
-            hint = ("\n  hint: twistd does not know the gateway plugin: install the project into .venv "
-                    "(make install, or .venv/bin/pip install -e .)")
-        elif "No module named" in log:
-            hint = "\n  hint: a module is missing: is the project (and its dependencies) installed into .venv?"
-        raise BenchError(f"{e}{hint}") from None
+        raise BenchError(f"{e}{start_hint(t)}") from None
     # a few requests must reach both backends (round robin over two equal peers)
     seen = set()
     for _ in range(6):
@@ -425,7 +453,7 @@ def fmt_row(cols, widths):
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
 
 
-def print_table(args, targets: List[Target], pinned: bool) -> None:
+def print_table(args, targets: List[Target], pinned: bool, title: Optional[str] = None) -> None:
     nginx = next((t for t in targets if t.kind == "nginx" and t.best), None)
     head = ["proxy", "req/s", "p50 ms", "p99 ms", "CPU us/req", "proxy CPU", "pool reuse",
             "vs nginx", "CPU/req vs nginx", "errors"]
@@ -445,9 +473,11 @@ def print_table(args, targets: List[Target], pinned: bool) -> None:
         ])
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     print()
-    print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (keepalive, after a "
+    print(title or (
+          f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s (keepalive, after a "
           f"{args.warmup:g}s warm-up), best of {args.rounds} alternating rounds; "
-          f"{'proxy pinned to CPU ' + args.proxy_cpu + ', wrk and backends to CPU ' + args.load_cpu if pinned else 'no CPU pinning'}")
+          f"{'proxy pinned to CPU ' + args.proxy_cpu + ', wrk and backends to CPU ' + args.load_cpu if pinned else 'no CPU pinning'}"
+          + (f"; {args.workers} workers" if args.workers != 1 else "")))
     print(fmt_row(head, widths))
     print(fmt_row(["-" * w for w in widths], widths))
     for r in rows:
@@ -458,30 +488,732 @@ def print_table(args, targets: List[Target], pinned: bool) -> None:
     print()
 
 
+# -- the other cases: shared machinery -------------------------------------------------
+
+CASES = ("http1", "https", "h2", "h2c", "ws")
+
+
+@dataclass
+class Ctx:
+    """What every case needs: the settings, the work dir, the programs and the backends."""
+    args: argparse.Namespace
+    work: Path
+    nginx_bin: str
+    twistd: Path
+    reactors: List[str]
+    proxy_cpu: Optional[str]
+    load_cpu: Optional[str]
+    backend_ports: List[int]
+    status_port: int
+    pinned: bool
+    certificate: Optional[Path] = None
+    key: Optional[Path] = None
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its live descendants, in KiB (``/proc/PID/statm``)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * page // 1024
+
+
+def run_tool(argv, timeout: float, cpu: Optional[str] = None) -> Tuple[int, str]:
+    """Run a short-lived tool to completion (stopped on timeout or interrupt)."""
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu] + list(argv)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, cwd=ROOT, start_new_session=True)
+    _children.append(proc)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(map(str, argv))} did not finish within {timeout:.0f}s") from None
+    finally:
+        stop(proc)
+    return proc.returncode, out
+
+
+class LineReader:
+    """Lines from a child's stdout pipe, each with its own deadline."""
+
+    def __init__(self, proc: subprocess.Popen, what: str, log: Path):
+        self.proc, self.what, self.log = proc, what, log
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{self.what}: no output within {timeout:.0f}s. Last lines of "
+                                 f"{self.log}:\n{log_tail(self.log)}")
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    self.proc.wait(5)
+                    raise BenchError(f"{self.what} exited (status {self.proc.returncode}). Last lines of "
+                                     f"{self.log}:\n{log_tail(self.log)}")
+                self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        line = self.line(timeout)
+        if not line.startswith(prefix):
+            raise BenchError(f"{self.what}: expected {prefix!r}, got {line[:300]!r}")
+        return line
+
+
+def toml_str(value) -> str:
+    return json.dumps(str(value))   # a JSON string is a valid TOML basic string
+
+
+def make_certificate(work: Path) -> Tuple[Path, Path]:
+    """A throwaway self-signed certificate for localhost/127.0.0.1 in ``work/tls``: the
+    project's ``python -m gateway.tls.selfsigned DIR``, or openssl when that fails."""
+    d = work / "tls"
+    cert, key = d / "localhost.pem", d / "localhost.key"
+    try:
+        r = subprocess.run([sys.executable, "-m", "gateway.tls.selfsigned", str(d)], cwd=ROOT,
+                           env=gateway_env(), capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 and cert.exists() and key.exists():
+            return cert, key
+        why = (r.stdout + r.stderr).strip()[-500:]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    if shutil.which("openssl") is None:
+        raise BenchError(f"could not make a certificate: gateway.tls.selfsigned failed ({why}) and openssl is missing")
+    d.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise BenchError(f"could not make a certificate with openssl:\n{r.stdout}{r.stderr}")
+    return cert, key
+
+
+# -- the other cases: configs ----------------------------------------------------------
+
+def nginx_case_conf(ctx: Ctx, case: str, port: int, upstream_ports: List[int], keepalive: Optional[int],
+                    listen_flags: str = "", tls: bool = False, websocket: bool = False,
+                    server_extra: str = "") -> str:
+    """nginx as the reference proxy for one case: the http1 case's proxy config, plus TLS,
+    HTTP/2 or WebSocket settings."""
+    w = ctx.work
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports)
+    keep = f"\n        keepalive {keepalive};" if keepalive else ""
+    ssl = (f"\n        ssl_certificate {ctx.certificate};\n        ssl_certificate_key {ctx.key};"
+           f"\n        ssl_protocols TLSv1.3;" if tls else "")
+    if websocket:
+        connection = ('proxy_set_header Upgrade $http_upgrade;\n'
+                      '            proxy_set_header Connection "upgrade";')
+    else:
+        connection = 'proxy_set_header Connection "";'
+    return f"""# nginx as the reference proxy for the {case} case; gateway-{case}-*.toml do the same job
+worker_processes {ctx.args.workers};
+daemon off;
+pid {w}/nginx-{case}.pid;
+error_log {w}/nginx-{case}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {w}/tmp-proxy;
+    proxy_temp_path {w}/tmp-proxy;
+    fastcgi_temp_path {w}/tmp-proxy;
+    uwsgi_temp_path {w}/tmp-proxy;
+    scgi_temp_path {w}/tmp-proxy;
+    upstream bench {{
+{servers}{keep}
+    }}
+    server {{
+        listen 127.0.0.1:{port}{listen_flags} backlog=4096;{ssl}{server_extra}
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            {connection}
+            # the request headers the gateway sends by default (CONFIG.md), so both
+            # proxies build the same upstream request
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-ID $request_id;
+        }}
+    }}
+}}
+"""
+
+
+def gateway_case_toml(ctx: Ctx, case: str, port: int, upstream_ports: List[int], keepalive: Optional[int],
+                      tls: bool = False, http2: Optional[bool] = None,
+                      server_extra: Tuple[Tuple[str, str], ...] = ()) -> str:
+    """The gateway's config for one case: the http1 case's, plus TLS / HTTP/2 keys."""
+    servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in upstream_ports)
+    lines = [f"# gateway config for the benchmark's {case} case (CONFIG.md); nginx-{case}.conf does the same job",
+             "[gateway]"]
+    if ctx.args.workers != 1:
+        lines.append(f"workers = {ctx.args.workers}")
+    lines += ["access_log = false", 'shutdown_timeout = "1s"', "", "[admin]", "listen = false", "",
+              "[upstreams.bench]"]
+    if keepalive is not None:
+        lines.append(f"keepalive = {keepalive}")
+    lines += [f"servers = [ {servers} ]", "", "[[servers]]", f'listen = ["tcp:{port}:interface=127.0.0.1"]']
+    if http2 is not None:
+        lines.append(f"http2 = {'true' if http2 else 'false'}")
+    lines += [f"{k} = {v}" for k, v in server_extra]
+    if tls:
+        lines.append(f"tls = {{ certificate = {toml_str(ctx.certificate)}, key = {toml_str(ctx.key)}, "
+                     f'protocols = ["TLSv1.3"] }}')
+    lines.append('locations = [ { path = "/", proxy_pass = "http://bench" } ]')
+    return "\n".join(lines) + "\n"
+
+
+def case_targets(ctx: Ctx, case: str, nginx_conf: Callable[[int], str],
+                 gateway_conf: Callable[[int], str]) -> List[Target]:
+    """nginx and one gateway per reactor for ``case``, configs written, not started."""
+    w = ctx.work
+    ports = free_ports(1 + len(ctx.reactors))
+    conf = w / f"nginx-{case}.conf"
+    conf.write_text(nginx_conf(ports[0]))
+    targets = [Target("nginx", "nginx", ports[0],
+                      [ctx.nginx_bin, "-p", str(w), "-e", str(w / f"nginx-{case}-error.log"), "-c", str(conf)],
+                      w / f"nginx-{case}.log")]
+    for reactor, port in zip(ctx.reactors, ports[1:]):
+        conf = w / f"gateway-{case}-{reactor}.toml"
+        conf.write_text(gateway_conf(port))
+        argv = [str(ctx.twistd), "-n", "--pidfile="]
+        if reactor != "asyncio":
+            argv.append(f"--reactor={reactor}")
+        argv += ["gateway", "-c", str(conf)]
+        targets.append(Target(f"gateway ({reactor})", "gateway", port, argv, w / f"gateway-{case}-{reactor}.log"))
+    return targets
+
+
+def start_probed(ctx: Ctx, t: Target, probe: Callable[[Target], Optional[str]]) -> None:
+    """Start ``t`` and wait until ``probe(t)`` returns None (it returns what went wrong)."""
+    t.proc = spawn(t.argv, t.log, ctx.proxy_cpu, env=gateway_env() if t.kind == "gateway" else None)
+    deadline = time.monotonic() + ctx.args.start_timeout
+    while True:
+        if t.proc.poll() is not None:
+            raise BenchError(f"{t.name} exited with status {t.proc.returncode} before answering on "
+                             f"127.0.0.1:{t.port}. Last lines of {t.log}:\n{log_tail(t.log)}{start_hint(t)}")
+        last = probe(t)
+        if last is None:
+            return
+        if time.monotonic() >= deadline:
+            raise BenchError(f"{t.name} did not answer on 127.0.0.1:{t.port} within {ctx.args.start_timeout:.0f}s "
+                             f"(last: {last}). Last lines of {t.log}:\n{log_tail(t.log)}{start_hint(t)}")
+        time.sleep(0.2)
+
+
+def check_alive(t: Target) -> None:
+    if t.proc is not None and t.proc.poll() is not None:
+        raise BenchError(f"{t.name} exited during the run (status {t.proc.returncode}). "
+                         f"Last lines of {t.log}:\n{log_tail(t.log)}")
+
+
+def run_case(ctx: Ctx, case: str, targets: List[Target], probe: Callable[[Target], Optional[str]],
+             measure_one: Callable[[Target, int], dict], describe: Callable[[dict], str]) -> None:
+    """Start the case's proxies, alternate ``--case-rounds`` measured rounds over them,
+    then stop them. Targets of kind "direct" have no process of their own."""
+    for t in targets:
+        if t.kind == "direct":
+            continue
+        print(f"bench: {case}: starting {t.name} on 127.0.0.1:{t.port}: {' '.join(t.argv)}")
+        try:
+            start_probed(ctx, t, probe)
+        except BenchError as e:
+            t.error = str(e)
+            print(f"bench: {case}: {t.name} FAILED to start, skipping it:\n{e}\n", file=sys.stderr)
+            if t.proc is not None:
+                stop(t.proc)
+    try:
+        for rnd in range(1, ctx.args.case_rounds + 1):
+            for t in targets:
+                if t.error is not None:
+                    continue
+                try:
+                    r = measure_one(t, rnd)
+                    check_alive(t)
+                except BenchError as e:
+                    t.error = str(e)
+                    print(f"bench: {case}: {t.name} FAILED during round {rnd}:\n{e}\n", file=sys.stderr)
+                    continue
+                t.runs.append(r)
+                print(f"bench: {case} round {rnd} {t.name:<18} {describe(r)}")
+    finally:
+        for t in targets:
+            if t.proc is not None:
+                stop(t.proc)
+
+
+def print_rows(title: str, head: List[str], rows: List[list], notes: List[str]) -> None:
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    print()
+    print(title)
+    print(fmt_row(head, widths))
+    print(fmt_row(["-" * w for w in widths], widths))
+    for r in rows:
+        print(fmt_row(r, widths))
+    for n in notes:
+        print("  " + n)
+    print()
+
+
+def ratio(value: float, reference: Optional[float], digits: int = 2) -> str:
+    if reference is None or not reference or value != value:
+        return "-"
+    return f"{value / reference:.{digits}f}x"
+
+
+def pinning_note(ctx: Ctx) -> str:
+    a = ctx.args
+    text = (f"proxy pinned to CPU {a.proxy_cpu}, load and backends to CPU {a.load_cpu}" if ctx.pinned
+            else "no CPU pinning")
+    return text + (f"; {a.workers} workers" if a.workers != 1 else "")
+
+
+# -- case https: wrk over TLS 1.3 --------------------------------------------------------
+
+def probe_https(t: Target) -> Optional[str]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE   # the throwaway self-signed certificate
+    conn = http.client.HTTPSConnection("127.0.0.1", t.port, timeout=2, context=context)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status == 200 and body in BACKEND_BODIES:
+            t.extra["tls"] = f"{conn.sock.version()} {conn.sock.cipher()[0]}"
+            return None
+        return f"HTTP {resp.status} {body[:200]!r}"
+    except (OSError, http.client.HTTPException) as e:
+        return f"{type(e).__name__}: {e}"
+    finally:
+        conn.close()
+
+
+def case_https(ctx: Ctx) -> Tuple[str, List[Target]]:
+    a = ctx.args
+    targets = case_targets(
+        ctx, "https",
+        lambda port: nginx_case_conf(ctx, "https", port, ctx.backend_ports, a.keepalive, " ssl", tls=True),
+        lambda port: gateway_case_toml(ctx, "https", port, ctx.backend_ports, a.keepalive, tls=True, http2=False))
+
+    def measure_one(t: Target, rnd: int) -> dict:
+        r = measure(a, t, ctx.status_port, ctx.load_cpu, url=f"https://127.0.0.1:{t.port}/",
+                    duration=a.case_duration, warmup=a.case_warmup)
+        r["tls"] = t.extra.get("tls", "")
+        return r
+
+    run_case(ctx, "https", targets, probe_https, measure_one,
+             lambda r: (f"{r['rps']:>10,.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                        f"{r['cpu_us_per_req']:.1f} us CPU/req  proxy CPU {r['cpu_util'] * 100:.0f}%  "
+                        f"upstream conns {r['upstream_conns']}  errors {r['errors'] + r['non_2xx']}  ({r['tls']})"))
+    title = (f"https: wrk -t{a.threads} -c{a.connections} -d{a.case_duration:g}s over TLS 1.3 (keepalive, "
+             f"HTTP/1.1, after a {a.case_warmup:g}s warm-up), best of {a.case_rounds} round(s); {pinning_note(ctx)}")
+    print_table(a, targets, ctx.pinned, title=title)
+    tls = sorted({t.extra['tls'] for t in targets if t.extra.get('tls')})
+    if tls:
+        print(f"  negotiated with a Python client: {'; '.join(tls)}\n")
+    return title, targets
+
+
+# -- cases h2 and h2c: h2load --------------------------------------------------------------
+
+def parse_h2load(out: str) -> dict:
+    def find(pattern):
+        m = re.search(pattern, out, re.M)
+        if not m:
+            raise BenchError(f"could not find {pattern!r} in h2load output:\n{out[-3000:]}")
+        return m
+
+    fin = find(r"^finished in ([\d.]+)(\w+), ([\d.]+) req/s")
+    req = find(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+               r"(\d+) errored, (\d+) timeout")
+    codes = find(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+    lat = find(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)")
+    proto = re.search(r"^Application protocol: (\S+)", out, re.M)
+    tls = re.search(r"^TLS Protocol: (\S+)", out, re.M)
+    cipher = re.search(r"^Cipher: (\S+)", out, re.M)
+    total, started, done, ok, failed, errored, timeout = (int(x) for x in req.groups())
+    return {
+        "rps": float(fin.group(3)),
+        "seconds": _ms(fin.group(1) + fin.group(2)) / 1e3,
+        "requests": ok,
+        "started": started,
+        "failed": failed,
+        "errored": errored,
+        "timeout": timeout,
+        "non_2xx": int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4)),
+        "mean_ms": _ms(lat.group(3)),
+        "max_ms": _ms(lat.group(2)),
+        "protocol": proto.group(1) if proto else "",
+        "tls": f"{tls.group(1)} {cipher.group(1)}" if tls and cipher else "",
+    }
+
+
+def run_h2load(ctx: Ctx, url: str, seconds: float) -> dict:
+    a = ctx.args
+    argv = ["h2load", f"-c{a.h2_clients}", f"-m{a.h2_streams}", f"-t{a.h2_threads}",
+            "-D", f"{max(1, round(seconds * 1000))}ms", url]
+    rc, out = run_tool(argv, seconds + 30, ctx.load_cpu)
+    if rc != 0:
+        raise BenchError(f"h2load failed (status {rc}):\n{out[-3000:]}")
+    return parse_h2load(out)
+
+
+def case_h2(ctx: Ctx, case: str) -> Tuple[str, List[Target]]:
+    """``h2``: TLS 1.3 + ALPN h2; ``h2c``: cleartext HTTP/2 with prior knowledge."""
+    a = ctx.args
+    tls = case == "h2"
+    scheme, expect = ("https", "h2") if tls else ("http", "h2c")
+    # h2load opens its connections once and does not reconnect after a GOAWAY, so the
+    # client-side keepalive_requests (1000 by default, in both) would end each connection
+    # after 1000 requests and the run with it: raised alike in both proxies
+    big = 10_000_000
+    # the pool must cover the concurrent streams (clients x streams), as in the http1 case
+    keepalive = max(a.keepalive, a.h2_clients * a.h2_streams)
+    targets = case_targets(
+        ctx, case,
+        lambda port: nginx_case_conf(ctx, case, port, ctx.backend_ports, keepalive,
+                                     " ssl http2" if tls else " http2", tls=tls,
+                                     server_extra=f"\n        keepalive_requests {big};"),
+        lambda port: gateway_case_toml(ctx, case, port, ctx.backend_ports, keepalive, tls=tls, http2=True,
+                                       server_extra=(("keepalive_requests", str(big)),)))
+
+    def probe(t: Target) -> Optional[str]:
+        try:
+            rc, out = run_tool(["h2load", "-n4", "-c1", f"{scheme}://127.0.0.1:{t.port}/"], 10)
+            h = parse_h2load(out)
+        except BenchError as e:
+            return str(e).splitlines()[0]
+        if h["protocol"] != expect:
+            return f"negotiated {h['protocol'] or 'no protocol'!r}, not {expect}"
+        if h["requests"] != 4:
+            return f"{h['requests']} of 4 requests succeeded"
+        t.extra["tls"] = h["tls"]
+        return None
+
+    def measure_one(t: Target, rnd: int) -> dict:
+        url = f"{scheme}://127.0.0.1:{t.port}/"
+        run_h2load(ctx, url, a.case_warmup)
+        accepts0 = upstream_accepts(ctx.status_port)
+        cpu0 = cpu_seconds(t.proc.pid)
+        t0 = time.monotonic()
+        h = run_h2load(ctx, url, a.case_duration)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(t.proc.pid) - cpu0
+        new_upstream = max(0, upstream_accepts(ctx.status_port) - accepts0 - 1)
+        if h["protocol"] != expect:
+            raise BenchError(f"h2load negotiated {h['protocol']!r}, not {expect}")
+        n = h["requests"]
+        # h2load counts the streams still open when the duration ends as failed; more than
+        # clients x streams of them are real errors
+        cut = a.h2_clients * a.h2_streams
+        h.update({
+            "cpu_s": cpu,
+            "cpu_us_per_req": cpu / n * 1e6 if n else float("nan"),
+            "cpu_util": cpu / wall,
+            "upstream_conns": new_upstream,
+            "pool_reuse": 1 - new_upstream / n if n else float("nan"),
+            "errors": max(0, h["failed"] - cut) + h["timeout"] + h["non_2xx"],
+        })
+        return h
+
+    run_case(ctx, case, targets, probe, measure_one,
+             lambda r: (f"{r['rps']:>10,.0f} req/s  mean {r['mean_ms']:.2f} ms  "
+                        f"{r['cpu_us_per_req']:.1f} us CPU/req  proxy CPU {r['cpu_util'] * 100:.0f}%  "
+                        f"upstream conns {r['upstream_conns']}  errors {r['errors']}  "
+                        f"[{r['protocol']}{', ' + r['tls'] if r['tls'] else ''}; "
+                        f"{r['failed']} streams cut at the end]"))
+    nginx = next((t for t in targets if t.kind == "nginx" and t.best), None)
+    head = ["proxy", "req/s", "mean ms", "max ms", "CPU us/req", "proxy CPU", "pool reuse", "vs nginx",
+            "CPU/req vs nginx", "errors"]
+    rows = []
+    for t in targets:
+        b = t.best
+        if b is None:
+            rows.append([t.name, "FAILED"] + ["-"] * (len(head) - 2))
+            continue
+        other = nginx is not None and t is not nginx
+        rows.append([t.name, f"{b['rps']:,.0f}", f"{b['mean_ms']:.2f}", f"{b['max_ms']:.2f}",
+                     f"{b['cpu_us_per_req']:.1f}", f"{b['cpu_util'] * 100:.0f}%", f"{b['pool_reuse'] * 100:.2f}%",
+                     ratio(b["rps"], nginx.best["rps"]) if other else "-",
+                     ratio(b["cpu_us_per_req"], nginx.best["cpu_us_per_req"], 1) if other else "-",
+                     str(b["errors"])])
+    what = "over TLS 1.3 with ALPN h2" if tls else "cleartext, prior knowledge (h2c)"
+    title = (f"{case}: h2load -c{a.h2_clients} -m{a.h2_streams} -t{a.h2_threads} -D{a.case_duration:g}s "
+             f"{what} (after a {a.case_warmup:g}s warm-up), best of {a.case_rounds} round(s); {pinning_note(ctx)}")
+    notes = [f"{t.name}: req/s per round " + ", ".join(f"{r['rps']:,.0f}" for r in t.runs) for t in targets if t.runs]
+    print_rows(title, head, rows, notes)
+    return title, targets
+
+
+# -- case ws: WebSocket echo through the proxies ------------------------------------------
+
+def start_ws_client(ctx: Ctx, mode_args: List[str], port: int, log: Path,
+                    stdin=subprocess.DEVNULL) -> Tuple[subprocess.Popen, LineReader]:
+    a = ctx.args
+    argv = [sys.executable, str(BENCH / "wsload.py"), "--port", str(port), "--size", str(a.ws_size)] + mode_args
+    if ctx.load_cpu is not None:
+        argv = ["taskset", "-c", ctx.load_cpu] + argv
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=stdin, cwd=ROOT,
+                                start_new_session=True)
+    _children.append(proc)
+    return proc, LineReader(proc, f"the WebSocket client ({' '.join(mode_args[:1])} on port {port})", log)
+
+
+def ws_result(reader: LineReader, proc: subprocess.Popen, timeout: float) -> dict:
+    line = reader.expect("result ", timeout)
+    try:
+        proc.wait(10)
+    finally:
+        stop(proc)
+    return json.loads(line[len("result "):])
+
+
+def ws_idle_memory(ctx: Ctx, t: Target) -> dict:
+    """RSS of the proxy (process tree) with ``--ws-idle`` idle tunnels open, minus before."""
+    a = ctx.args
+    time.sleep(0.5)
+    rss0 = rss_kib(t.proc.pid)
+    log = ctx.work / f"wsload-idle-{t.name.replace(' ', '').replace('(', '-').replace(')', '')}.log"
+    proc, reader = start_ws_client(ctx, ["idle", "-n", str(a.ws_idle)], t.port, log, stdin=subprocess.PIPE)
+    try:
+        reader.expect(f"ready {a.ws_idle}", 60)
+        time.sleep(1.0)    # let the proxy settle (every tunnel is open: the client saw each 101)
+        rss1 = rss_kib(t.proc.pid)
+        proc.stdin.close()  # the client then checks each tunnel still echoes, and closes them
+        r = ws_result(reader, proc, 60)
+    finally:
+        stop(proc)
+    errors = r["errors"] + (a.ws_idle - r["echoed_after_idle"])
+    return {"idle_tunnels": a.ws_idle, "rss_before_kib": rss0, "rss_after_kib": rss1,
+            "kib_per_tunnel": (rss1 - rss0) / a.ws_idle, "idle_errors": errors,
+            "idle_first_error": r.get("first_error", "")}
+
+
+def ws_load(ctx: Ctx, t: Target, port: int, echo: subprocess.Popen) -> dict:
+    a = ctx.args
+    log = ctx.work / f"wsload-{t.name.replace(' ', '').replace('(', '-').replace(')', '')}.log"
+    proc, reader = start_ws_client(
+        ctx, ["load", "-n", str(a.ws_connections), "--depth", str(a.ws_depth),
+              "--warmup", f"{a.case_warmup:g}", "--duration", f"{a.case_duration:g}"], port, log)
+    try:
+        reader.expect(f"ready {a.ws_connections}", 60)
+        reader.expect("measure", a.case_warmup + 30)
+        pids = {"proxy": t.proc.pid if t.proc else None, "backend": echo.pid, "client": proc.pid}
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        t0 = time.monotonic()
+        line = reader.expect("result ", a.case_duration + 30)
+        cpu1 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        wall = time.monotonic() - t0
+        proc.wait(10)
+    finally:
+        stop(proc)
+    r = json.loads(line[len("result "):])
+    rate, n = r["rate"], r["messages"]
+    if not n:
+        raise BenchError(f"no WebSocket message came back through {t.name} (first error: {r['first_error']})")
+    out = {
+        "msgs_per_s": rate,
+        "messages": n,
+        "seconds": r["seconds"],
+        # Little's law: connections x messages in flight / throughput
+        "rtt_ms": a.ws_connections * a.ws_depth / rate * 1e3,
+        "backend_cpu_util": (cpu1["backend"] - cpu0["backend"]) / wall,
+        "client_cpu_util": (cpu1["client"] - cpu0["client"]) / wall,
+        "errors": r["errors"],
+        "first_error": r["first_error"],
+    }
+    if "proxy" in cpu0:
+        cpu = cpu1["proxy"] - cpu0["proxy"]
+        out.update({"cpu_s": cpu, "cpu_us_per_msg": cpu / n * 1e6, "cpu_util": cpu / wall})
+    return out
+
+
+def case_ws(ctx: Ctx) -> Tuple[str, List[Target]]:
+    a = ctx.args
+    w = ctx.work
+    echo_port, = free_ports(1)
+    echo_log = w / "wsecho.log"
+    echo_argv = [sys.executable, str(BENCH / "wsecho.py"), "--port", str(echo_port)]
+    echo = spawn(echo_argv, echo_log, ctx.load_cpu)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            rc, out = run_tool([sys.executable, str(BENCH / "wsload.py"), "--port", str(echo_port), "check"], 15)
+            if rc == 0:
+                break
+            if echo.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the WebSocket echo backend does not echo on 127.0.0.1:{echo_port}: {out.strip()}\n"
+                                 f"Last lines of {echo_log}:\n{log_tail(echo_log)}")
+            time.sleep(0.2)
+        print(f"bench: ws: echo backend (bench/wsecho.py) on 127.0.0.1:{echo_port}")
+
+        direct = Target("direct (no proxy)", "direct", echo_port, echo_argv, echo_log, best_key="msgs_per_s")
+        targets = [direct] + case_targets(
+            ctx, "ws",
+            lambda port: nginx_case_conf(ctx, "ws", port, [echo_port], None, websocket=True),
+            lambda port: gateway_case_toml(ctx, "ws", port, [echo_port], None))
+        for t in targets:
+            t.best_key = "msgs_per_s"
+
+        def probe(t: Target) -> Optional[str]:
+            try:
+                rc, out = run_tool([sys.executable, str(BENCH / "wsload.py"), "--port", str(t.port), "check"], 15)
+            except BenchError as e:
+                return str(e)
+            return None if rc == 0 else (out.strip().splitlines() or ["failed"])[-1]
+
+        def measure_one(t: Target, rnd: int) -> dict:
+            if rnd == 1 and t.proc is not None:
+                # on the freshly started proxy, before any load (whose peak the allocator keeps)
+                t.extra.update(ws_idle_memory(ctx, t))
+                print(f"bench: ws idle   {t.name:<18} {t.extra['idle_tunnels']} idle tunnels: RSS "
+                      f"{t.extra['rss_before_kib']:,} -> {t.extra['rss_after_kib']:,} KiB = "
+                      f"{t.extra['kib_per_tunnel']:.1f} KiB per tunnel  errors {t.extra['idle_errors']}")
+            r = ws_load(ctx, t, t.port, echo)
+            if echo.poll() is not None:
+                raise BenchError(f"the echo backend died (status {echo.returncode}):\n{log_tail(echo_log)}")
+            return r
+
+        def describe(r: dict) -> str:
+            proxy = (f"{r['cpu_us_per_msg']:.1f} us CPU/msg  proxy CPU {r['cpu_util'] * 100:.0f}%  "
+                     if "cpu_s" in r else "")
+            return (f"{r['msgs_per_s']:>10,.0f} msgs/s  mean RTT {r['rtt_ms']:.2f} ms  {proxy}"
+                    f"backend CPU {r['backend_cpu_util'] * 100:.0f}%  client CPU {r['client_cpu_util'] * 100:.0f}%  "
+                    f"errors {r['errors']}{' (' + r['first_error'] + ')' if r['first_error'] else ''}")
+
+        run_case(ctx, "ws", targets, probe, measure_one, describe)
+    finally:
+        stop(echo)
+
+    nginx = next((t for t in targets if t.kind == "nginx" and t.best), None)
+    head = ["proxy", "msgs/s", "mean RTT ms", "CPU us/msg", "proxy CPU", "backend CPU", "client CPU",
+            "vs nginx", "CPU/msg vs nginx", "KiB/idle tunnel", "mem vs nginx", "errors"]
+    rows = []
+    for t in targets:
+        b = t.best
+        if b is None:
+            rows.append([t.name, "FAILED"] + ["-"] * (len(head) - 2))
+            continue
+        other = nginx is not None and t is not nginx and t.kind != "direct"
+        proxied = "cpu_s" in b
+        idle = t.extra.get("kib_per_tunnel")
+        rows.append([
+            t.name, f"{b['msgs_per_s']:,.0f}", f"{b['rtt_ms']:.2f}",
+            f"{b['cpu_us_per_msg']:.1f}" if proxied else "-",
+            f"{b['cpu_util'] * 100:.0f}%" if proxied else "-",
+            f"{b['backend_cpu_util'] * 100:.0f}%", f"{b['client_cpu_util'] * 100:.0f}%",
+            ratio(b["msgs_per_s"], nginx.best["msgs_per_s"]) if other else "-",
+            ratio(b["cpu_us_per_msg"], nginx.best["cpu_us_per_msg"], 1) if other and proxied else "-",
+            f"{idle:.1f}" if idle is not None else "-",
+            ratio(idle, nginx.extra.get("kib_per_tunnel"), 1) if other and idle is not None else "-",
+            str(b["errors"] + t.extra.get("idle_errors", 0)),
+        ])
+    title = (f"ws: {a.ws_connections} WebSocket tunnels, {a.ws_depth} message(s) of {a.ws_size} bytes in flight "
+             f"on each, {a.case_duration:g}s (after a {a.case_warmup:g}s warm-up), best of {a.case_rounds} "
+             f"round(s); idle memory with {a.ws_idle} tunnels; {pinning_note(ctx)}")
+    notes = [f"{t.name}: msgs/s per round " + ", ".join(f"{r['msgs_per_s']:,.0f}" for r in t.runs)
+             for t in targets if t.runs]
+    print_rows(title, head, rows, notes)
+    return title, targets
+
+
+# -- the [gateway] workers hook ---------------------------------------------------------------
+
+def check_gateway_workers(ctx: Ctx) -> None:
+    """``--workers N`` (N > 1) runs nginx with ``worker_processes N`` and the gateway with
+    ``[gateway] workers = N``: refused here, before anything starts, while the gateway's
+    own ``--check`` refuses that key."""
+    a = ctx.args
+    if a.workers == 1 or not ctx.reactors:
+        return
+    conf = ctx.work / "gateway-workers-check.toml"
+    conf.write_text(gateway_toml(free_ports(1)[0], ctx.backend_ports, a.keepalive, a.workers))
+    try:
+        r = subprocess.run([str(ctx.twistd), "-n", "--pidfile=", "gateway", "-c", str(conf), "--check"],
+                           env=gateway_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"--workers {a.workers}: `twistd gateway --check` did not finish") from None
+    if r.returncode != 0:
+        said = (r.stdout + r.stderr).strip()
+        raise BenchError(
+            f"--workers {a.workers}: the gateway refuses `[gateway] workers = {a.workers}` "
+            f"(twistd gateway --check: {said[-500:]!r}). The gateway's workers setting is not implemented "
+            f"yet; use --no-gateway to measure nginx alone with worker_processes {a.workers}.")
+
+
+# -- main -------------------------------------------------------------------------------------
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="gateway vs nginx reverse-proxy benchmark (see bench/README.md)")
-    p.add_argument("--duration", type=float, default=10, help="measured seconds per run (default 10)")
-    p.add_argument("--warmup", type=float, default=2, help="warm-up seconds before each run (default 2)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best is reported (default 2)")
-    p.add_argument("--connections", "-c", type=int, default=50)
-    p.add_argument("--threads", "-t", type=int, default=2)
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated cases to run, in this order: {', '.join(CASES)} (default: all)")
+    p.add_argument("--duration", type=float, default=10, help="http1: measured seconds per run (default 10)")
+    p.add_argument("--warmup", type=float, default=2, help="http1: warm-up seconds before each run (default 2)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="http1: alternating rounds; the best is reported (default 2)")
+    p.add_argument("--case-duration", type=float, default=5,
+                   help="https, h2, h2c, ws: measured seconds per run (default 5)")
+    p.add_argument("--case-warmup", type=float, default=2,
+                   help="https, h2, h2c, ws: warm-up seconds before each run (default 2)")
+    p.add_argument("--case-rounds", type=int, default=1,
+                   help="https, h2, h2c, ws: alternating rounds; the best is reported (default 1)")
+    p.add_argument("--connections", "-c", type=int, default=50, help="http1, https: wrk connections")
+    p.add_argument("--threads", "-t", type=int, default=2, help="http1, https: wrk threads")
     p.add_argument("--keepalive", type=int, default=64,
                    help="upstream keepalive (idle pool size per group) for both proxies; default 64 so the "
                         "pool covers the 50 concurrent requests (with 32 nginx opened 2-4%% of its upstream "
-                        "connections anew)")
+                        "connections anew); h2 and h2c use at least clients x streams")
+    p.add_argument("--h2-clients", type=int, default=10, help="h2, h2c: h2load connections (-c, default 10)")
+    p.add_argument("--h2-streams", type=int, default=10,
+                   help="h2, h2c: h2load concurrent streams per connection (-m, default 10)")
+    p.add_argument("--h2-threads", type=int, default=1, help="h2, h2c: h2load threads (-t, default 1)")
+    p.add_argument("--ws-connections", type=int, default=200, help="ws: concurrent tunnels under load (default 200)")
+    p.add_argument("--ws-depth", type=int, default=1,
+                   help="ws: messages in flight per tunnel (default 1: each message is its own read and "
+                        "write through the proxy)")
+    p.add_argument("--ws-size", type=int, default=64, help="ws: message payload bytes (default 64)")
+    p.add_argument("--ws-idle", type=int, default=1000,
+                   help="ws: idle tunnels opened to measure memory per tunnel (default 1000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes of the proxies: nginx worker_processes N, the gateway's "
+                        "[gateway] workers = N (refused while the gateway does not support it); default 1")
     p.add_argument("--reactors", default="asyncio,epoll",
                    help="gateway variants to run: comma-separated 'asyncio' (the tap's default) and/or "
                         "any twistd --reactor name; empty for nginx only (default: asyncio,epoll)")
     p.add_argument("--no-gateway", action="store_true", help="benchmark nginx only")
     p.add_argument("--pin", action="store_true",
-                   help="pin the proxy to --proxy-cpu and wrk + backends to --load-cpu (off by default: "
-                        "on 2 cores it made nginx's numbers bimodal)")
+                   help="pin the proxy to --proxy-cpu and the load tools + backends to --load-cpu (off by "
+                        "default: on 2 cores it made nginx's numbers bimodal)")
     p.add_argument("--proxy-cpu", default="0", help="CPU list for the proxy under test (default 0)")
-    p.add_argument("--load-cpu", default="1", help="CPU list for wrk and the backends (default 1)")
+    p.add_argument("--load-cpu", default="1", help="CPU list for the load tools and the backends (default 1)")
     p.add_argument("--workdir", type=Path, default=ROOT / ".bench",
                    help="configs, logs and results.json go here (default .bench/, recreated)")
     p.add_argument("--start-timeout", type=float, default=15, help="seconds a proxy gets to answer")
     args = p.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or not cases:
+        p.error(f"--cases: unknown case(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CASES)}")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    args.cases = ",".join(c for c in CASES if c in cases)
 
     sys.stdout.reconfigure(line_buffering=True)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
@@ -500,10 +1232,22 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    for tool in ("nginx", "wrk"):
+    cases = args.cases.split(",")
+    tools = ["nginx"] + (["wrk"] if {"http1", "https"} & set(cases) else []) + \
+        (["h2load"] if {"h2", "h2c"} & set(cases) else [])
+    for tool in tools:
         if shutil.which(tool) is None and not (tool == "nginx" and Path("/usr/sbin/nginx").exists()):
-            raise BenchError(f"{tool} not found; install it (apt-get install nginx-light wrk) or run bench/run.sh")
+            package = {"nginx": "nginx-light", "h2load": "nghttp2-client"}.get(tool, tool)
+            raise BenchError(f"{tool} not found; install it (apt-get install {package}) or run bench/run.sh")
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    needed = (["http_ssl_module"] if {"https", "h2"} & set(cases) else []) + \
+        (["http_v2_module"] if {"h2", "h2c"} & set(cases) else [])
+    if needed:
+        built = subprocess.run([nginx_bin, "-V"], capture_output=True, text=True, timeout=30).stderr
+        lacking = [m for m in needed if f"--with-{m}" not in built]
+        if lacking:
+            raise BenchError(f"{nginx_bin} was built without {', '.join(lacking)}, which the "
+                             f"{args.cases} case(s) need; install Debian's nginx package, or leave those cases out")
     twistd = ROOT / ".venv" / "bin" / "twistd"
     reactors = [] if args.no_gateway else [r.strip() for r in args.reactors.split(",") if r.strip()]
     if reactors and not twistd.exists():
@@ -516,6 +1260,14 @@ def _run(args) -> int:
     proxy_cpu = args.proxy_cpu if pinned else None
     load_cpu = args.load_cpu if pinned else None
 
+    # the ws case holds thousands of sockets in the client and the proxies
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
     work = args.workdir.resolve()
     if work.exists():
         shutil.rmtree(work)
@@ -525,9 +1277,17 @@ def _run(args) -> int:
 
     b1, b2, status_port, nginx_port, *gw_ports = free_ports(4 + len(reactors))
     backend_ports = [b1, b2]
+    ctx = Ctx(args, work, nginx_bin, twistd, reactors, proxy_cpu, load_cpu, backend_ports, status_port, pinned)
+    check_gateway_workers(ctx)
+    if {"https", "h2"} & set(cases):
+        ctx.certificate, ctx.key = make_certificate(work)
 
     # 1. backends
     print(f"bench: work dir {work}")
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        print(f"bench: note: load average {load1:.2f} before starting: other processes use CPU on this "
+              f"machine, expect noisy numbers")
     (work / "backends.conf").write_text(nginx_backends_conf(work, backend_ports, status_port))
     backends_log = work / "backends.log"
     backends = spawn([nginx_bin, "-p", str(work), "-e", str(work / "backends-error.log"),
@@ -536,14 +1296,100 @@ def _run(args) -> int:
         wait_http("the backend nginx", backends, port, backends_log, 10, expect=lambda b, body=body: b == body)
     print(f"bench: backends (nginx, 1 worker) on 127.0.0.1:{b1} and :{b2}")
 
+    targets: List[Target] = []
+    if "http1" in cases:
+        targets = run_http1(ctx, nginx_port, gw_ports, backends, backends_log)
+        for t in targets:  # free the CPU and memory for the other cases
+            if t.proc is not None:
+                stop(t.proc)
+
+    others: Dict[str, Tuple[str, List[Target]]] = {}
+    for case in cases:
+        if case == "http1":
+            continue
+        print(f"bench: --- case {case} ---")
+        if case == "https":
+            others[case] = case_https(ctx)
+        elif case in ("h2", "h2c"):
+            others[case] = case_h2(ctx, case)
+        elif case == "ws":
+            others[case] = case_ws(ctx)
+        if backends.poll() is not None:
+            raise BenchError(f"the backend nginx died (status {backends.returncode}):\n{log_tail(backends_log)}")
+
+    if any(t.kind == "gateway" for t in targets) or \
+            any(t.kind == "gateway" for _, ts in others.values() for t in ts):
+        print_summary(targets, others)
+
+    results = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pinned": pinned,
+        "loadavg_at_start": load1,
+        # the http1 case (the headline), as before the other cases existed
+        "targets": [{"name": t.name, "argv": t.argv, "error": t.error, "runs": t.runs, "best": t.best}
+                    for t in targets],
+        "cases": {},
+    }
+    if "http1" in cases:
+        results["cases"]["http1"] = {"title": "see targets", "targets": results["targets"]}
+    for case, (title, ts) in others.items():
+        results["cases"][case] = {
+            "title": title,
+            "targets": [{"name": t.name, "argv": t.argv, "error": t.error, "runs": t.runs, "best": t.best,
+                         **({"idle": t.extra} if case == "ws" and t.extra else {})} for t in ts],
+        }
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"bench: results in {work / 'results.json'}, configs and logs in {work}")
+    failed = [t.name for t in targets if t.error is not None] + \
+        [f"{case}: {t.name}" for case, (_, ts) in others.items() for t in ts if t.error is not None]
+    if failed:
+        print(f"bench: FAILED: {', '.join(failed)} (see the messages above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(http1: List[Target], others: Dict[str, Tuple[str, List[Target]]]) -> None:
+    """One line per gateway variant and case: throughput and CPU cost against nginx."""
+    print("bench: summary, gateway against nginx in the same run (throughput ratio; CPU per request or "
+          "message ratio; for ws also memory per idle tunnel ratio)")
+    cases = ([("http1", http1)] if http1 else []) + [(c, ts) for c, (_, ts) in others.items()]
+    for case, ts in cases:
+        nginx = next((t for t in ts if t.kind == "nginx" and t.best), None)
+        for t in ts:
+            if t.kind != "gateway":
+                continue
+            if t.best is None or nginx is None:
+                print(f"  {case:<6} {t.name:<18} {'FAILED' if t.best is None else 'no nginx result'}")
+                continue
+            b, n = t.best, nginx.best
+            if case == "ws":
+                mem = ratio(t.extra.get("kib_per_tunnel", float("nan")), nginx.extra.get("kib_per_tunnel"), 1)
+                print(f"  {case:<6} {t.name:<18} {ratio(b['msgs_per_s'], n['msgs_per_s']):>6} msgs/s   "
+                      f"{ratio(b['cpu_us_per_msg'], n['cpu_us_per_msg'], 1):>6} CPU/msg   {mem:>6} KiB/idle tunnel")
+            else:
+                print(f"  {case:<6} {t.name:<18} {ratio(b['rps'], n['rps']):>6} req/s    "
+                      f"{ratio(b['cpu_us_per_req'], n['cpu_us_per_req'], 1):>6} CPU/req")
+    print()
+
+
+def run_http1(ctx: Ctx, nginx_port: int, gw_ports: List[int], backends: subprocess.Popen,
+              backends_log: Path) -> List[Target]:
+    """The headline case: wrk, HTTP/1.1 keepalive, small response (unchanged from before
+    the other cases existed; its output is the same)."""
+    args, work, pinned = ctx.args, ctx.work, ctx.pinned
+    nginx_bin, twistd, reactors = ctx.nginx_bin, ctx.twistd, ctx.reactors
+    backend_ports, status_port = ctx.backend_ports, ctx.status_port
+    proxy_cpu, load_cpu = ctx.proxy_cpu, ctx.load_cpu
+
     # 2. proxies
-    (work / "nginx-proxy.conf").write_text(nginx_proxy_conf(work, nginx_port, backend_ports, args.keepalive))
+    (work / "nginx-proxy.conf").write_text(
+        nginx_proxy_conf(work, nginx_port, backend_ports, args.keepalive, args.workers))
     targets = [Target("nginx", "nginx", nginx_port,
                       [nginx_bin, "-p", str(work), "-e", str(work / "nginx-proxy-error.log"),
                        "-c", str(work / "nginx-proxy.conf")], work / "nginx-proxy.log")]
     for reactor, port in zip(reactors, gw_ports):
         conf = work / f"gateway-{reactor}.toml"
-        conf.write_text(gateway_toml(port, backend_ports, args.keepalive))
+        conf.write_text(gateway_toml(port, backend_ports, args.keepalive, args.workers))
         argv = [str(twistd), "-n", "--pidfile="]
         if reactor != "asyncio":
             argv.append(f"--reactor={reactor}")
@@ -581,19 +1427,7 @@ def _run(args) -> int:
         raise BenchError(f"the backend nginx died (status {backends.returncode}):\n{log_tail(backends_log)}")
 
     print_table(args, targets, pinned)
-    results = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "pinned": pinned,
-        "targets": [{"name": t.name, "argv": t.argv, "error": t.error, "runs": t.runs, "best": t.best}
-                    for t in targets],
-    }
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"bench: results in {work / 'results.json'}, configs and logs in {work}")
-    failed = [t.name for t in targets if t.error is not None]
-    if failed:
-        print(f"bench: FAILED: {', '.join(failed)} (see the messages above)", file=sys.stderr)
-        return 1
-    return 0
+    return targets
 
 
 if __name__ == "__main__":

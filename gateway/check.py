@@ -45,19 +45,22 @@ def _server_addresses(config: Config) -> Iterator[tuple[str, Address]]:
         for i, peer in enumerate(group.servers):
             if not peer.resolve:
                 yield f"upstreams.{name}.servers[{i}].address", peer.address
-    # literal ``proxy_pass = "http://host:port"`` groups, at the first location using them
+    # literal ``proxy_pass = "http://host:port"`` (and ``grpc_pass``) groups, at the
+    # first location using them
     seen: set[str] = set()
     for s, server in enumerate(config.servers):
         for j, location in enumerate(server.locations):
-            proxy_pass = location.proxy_pass
-            if proxy_pass is None or proxy_pass.upstream in seen:
+            key, target = (("proxy_pass", location.proxy_pass)
+                           if location.grpc_pass is None
+                           else ("grpc_pass", location.grpc_pass))
+            if target is None or target.upstream in seen:
                 continue
-            group = config.upstreams.get(proxy_pass.upstream)
+            group = config.upstreams.get(target.upstream)
             if group is None or not group.implicit:
                 continue
-            seen.add(proxy_pass.upstream)
+            seen.add(target.upstream)
             for peer in group.servers:
-                yield f"servers[{s}].locations[{j}].proxy_pass", peer.address
+                yield f"servers[{s}].locations[{j}].{key}", peer.address
 
 
 def unresolvable_hosts(config: Config, resolve: Optional[Resolver] = None) -> list[str]:

@@ -20,6 +20,17 @@ out (``conf/site.toml`` points at them) and for integration tests. Backend N ans
 HTTP/1.1 keepalive (and HTTP/1.0 ``Connection: keep-alive``), pipelining,
 ``Content-Length`` and chunked request bodies and ``Expect: 100-continue`` are supported.
 
+With ``--grpc-ports`` (default ``50061,50062,50063``; ``""`` for none) the process also
+runs one small gRPC server per port (grpcio's threaded server, so any reactor works),
+named ``grpc-backend-N``, serving raw bytes without generated code:
+
+- ``demo.Echo/Unary`` answers the request message; ``ServerStream`` sends it back three
+  times; ``ClientStream`` answers all request messages joined; ``Bidi`` echoes each
+  message as it comes. Every call's initial metadata carries ``x-backend``;
+- ``grpc.health.v1.Health/Check`` answers ``SERVING`` for ``""`` and ``demo.Echo``.
+
+``examples/grpc_client.py`` calls them through the gateway's front door.
+
 This is a plain ``Protocol`` rather than twisted.web because the WebSocket endpoint needs
 the connection itself after the handshake, and because a demo backend should be cheap
 enough never to be what a quick load test measures. It uses the standard library and
@@ -44,6 +55,7 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 MAX_HEAD = 64 * 1024
 MAX_WS_MESSAGE = 16 * 1024 * 1024
+MAX_GRPC_MESSAGE = 16 * 1024 * 1024
 
 REASONS = {
     100: b"Continue",
@@ -441,18 +453,111 @@ def start_backends(reactor, ports: Sequence[int], host: str = "127.0.0.1") -> Li
     return listening
 
 
+GRPC_SERVICE = "demo.Echo"
+#: a serialised grpc.health.v1 HealthCheckResponse{status: SERVING}
+_SERVING = b"\x08\x01"
+
+
+def _grpc_handlers(name: str):
+    """The generic handlers of one gRPC demo backend (raw bytes both ways)."""
+    import grpc
+
+    def tagged(context):
+        context.send_initial_metadata((("x-backend", name),))
+
+    def unary(request, context):
+        tagged(context)
+        return request
+
+    def server_stream(request, context):
+        tagged(context)
+        for _ in range(3):
+            yield request
+
+    def client_stream(requests, context):
+        tagged(context)
+        return b"".join(requests)
+
+    def bidi(requests, context):
+        tagged(context)
+        for message in requests:
+            yield message
+
+    def check(request, context):
+        # HealthCheckRequest{service}: field 1, length-delimited (b"" asks about the server)
+        if request not in (b"", b"\x0a\x09" + GRPC_SERVICE.encode()):
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return _SERVING
+
+    echo = grpc.method_handlers_generic_handler(GRPC_SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    })
+    health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(check),
+    })
+    return echo, health
+
+
+def start_grpc_backends(ports: Sequence[int], host: str = "127.0.0.1") -> list:
+    """One threaded gRPC demo server per port (``0`` picks a free one), started.
+    Returns ``(server, name, address)`` tuples; ``server.stop(0)`` stops one."""
+    import grpc
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = []
+    try:
+        for i, port in enumerate(ports, 1):
+            name = f"grpc-backend-{i}"
+            server = grpc.server(ThreadPoolExecutor(max_workers=8), options=(
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE)))
+            server.add_generic_rpc_handlers(_grpc_handlers(name))
+            try:
+                bound = server.add_insecure_port(_format_address(host, port))
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise SystemExit(f"demo: cannot listen for gRPC on {host}:{port}")
+            server.start()
+            started.append((server, name, _format_address(host, bound)))
+    except BaseException:
+        for server, _, _ in started:
+            server.stop(0)
+        raise
+    return started
+
+
+def _ports(text: str) -> list:
+    ports = [int(p) for p in text.split(",") if p.strip()]
+    if any(not 0 <= p < 65536 for p in ports):
+        raise ValueError(text)
+    return ports
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m gateway.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ports", default="8081,8082,8083",
                         help="comma-separated ports, one backend each (default: %(default)s)")
+    parser.add_argument("--grpc-ports", default="50061,50062,50063",
+                        help="comma-separated ports, one gRPC echo backend each; empty for"
+                             " none (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        args.ports = [int(p) for p in args.ports.split(",") if p.strip()]
-        if not args.ports or any(not 0 <= p < 65536 for p in args.ports):
+        args.ports = _ports(args.ports)
+        if not args.ports:
             raise ValueError
     except ValueError:
         parser.error(f"--ports: expected comma-separated port numbers, got {args.ports!r}")
+    try:
+        args.grpc_ports = _ports(args.grpc_ports)
+    except ValueError:
+        parser.error("--grpc-ports: expected comma-separated port numbers, got "
+                     f"{args.grpc_ports!r}")
     return args
 
 
@@ -460,6 +565,13 @@ def main(reactor, *argv: str):
     args = parse_args(argv)
     for lp in start_backends(reactor, args.ports, args.host):
         print(f"{lp.factory.name} listening on http://{lp.factory.address}/", flush=True)
+    grpc_servers = start_grpc_backends(args.grpc_ports, args.host) if args.grpc_ports else []
+    for server, name, address in grpc_servers:
+        print(f"{name} serving gRPC ({GRPC_SERVICE}, grpc.health.v1) at {address}",
+              flush=True)
+    if grpc_servers:
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", lambda: [server.stop(0) for server, _, _ in grpc_servers])
     # Never fires: react() stops on SIGINT/SIGTERM (reactor.run's signal handlers),
     # closing the listening ports on the way out, and exits with status 0.
     return defer.Deferred()

@@ -152,7 +152,8 @@ class Metrics:
             label = server_label(server)
             by_server[server.index] = self._stats(label, "", None)
             for location in server.locations:
-                upstream = location.proxy_pass.upstream if location.proxy_pass else None
+                target = location.proxy_pass or location.grpc_pass
+                upstream = target.upstream if target is not None else None
                 by_location[id(location)] = self._stats(label, location.path, upstream)
         self._by_location = by_location
         self._by_server = by_server

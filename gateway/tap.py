@@ -20,6 +20,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "conf/site.toml", "Path to the TOML configuration file."],
+        ["worker", None, None,
+         "Internal: set by the master process on the workers it starts (workers > 1)."],
     ]
     optFlags = [
         ["check", None, "Validate the configuration and exit (serves nothing)."],
@@ -37,8 +39,14 @@ def _install_reactor():
 
 
 def makeService(options):
-    """Load and validate the configuration, then build the service tree."""
+    """Load and validate the configuration, then build the service tree (with
+    ``workers > 1``, the master process's: :mod:`gateway.master`)."""
     from gateway.config import ConfigError, load_config
+
+    if options["worker"] and not options["check"]:
+        from gateway.master.worker import make_worker_service
+
+        return make_worker_service(options["config"], options["worker"], _install_reactor())
 
     try:
         config = load_config(options["config"])
@@ -60,7 +68,33 @@ def makeService(options):
         print("configuration ok")
         raise SystemExit(0)
 
+    from gateway.master import worker_count
+
+    if worker_count(config.gateway.workers) > 1:
+        return _master_service(options)
     reactor = _install_reactor()
+    from gateway.reload import ProcessSignals
     from gateway.service import GatewayService
 
-    return GatewayService(config, reactor)
+    service = GatewayService(config, reactor)
+    # kill -HUP reloads the file in place; kill -TERM stops gracefully and exits 0
+    ProcessSignals(service.reload, reactor).setServiceParent(service)
+    return service
+
+
+def _master_service(options):
+    """The master of ``workers > 1``: it runs the workers with the same reactor."""
+    from gateway.config import ConfigError
+    from gateway.master import MasterService, read_config
+
+    try:
+        config, raw = read_config(options["config"])   # the bytes the workers will run
+    except ConfigError as e:
+        for error in e.errors:
+            print(f"{options['config']}: {error}", file=sys.stderr)
+        raise SystemExit(1)
+    parent = getattr(options, "parent", None)
+    chosen = parent.get("reactor") if parent is not None else None
+    reactor = _install_reactor()
+    return MasterService(config, raw, reactor,
+                         twistd_args=[f"--reactor={chosen}"] if chosen else [])

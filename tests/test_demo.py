@@ -239,7 +239,8 @@ class DemoCommandTests(unittest.TestCase):
         proc = _Process()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         transport = reactor.spawnProcess(
-            proc, sys.executable, [sys.executable, "-m", "gateway.demo", "--ports", "0,0"], env=env)
+            proc, sys.executable, [sys.executable, "-m", "gateway.demo", "--ports", "0,0",
+                                   "--grpc-ports", "0"], env=env)
         self.addCleanup(lambda: proc.ended.called or transport.signalProcess("KILL"))
         out = yield proc.ready
         url = out.split(b"backend-2 listening on ")[1].split(b"\n")[0].strip()
@@ -253,4 +254,36 @@ class DemoCommandTests(unittest.TestCase):
     def test_bad_ports_argument(self):
         with self.assertRaises(SystemExit):
             demo.parse_args(["--ports", "80,x"])
+        with self.assertRaises(SystemExit):
+            demo.parse_args(["--grpc-ports", "50061,x"])
         self.assertEqual(demo.parse_args([]).ports, [8081, 8082, 8083])
+        self.assertEqual(demo.parse_args([]).grpc_ports, [50061, 50062, 50063])
+        self.assertEqual(demo.parse_args(["--grpc-ports", ""]).grpc_ports, [])
+
+
+class DemoGrpcTests(unittest.TestCase):
+    """The gRPC echo backends, called with grpcio's blocking client (raw bytes)."""
+
+    def test_echo_methods_health_and_backend_name(self):
+        import grpc
+
+        ((server, name, address),) = demo.start_grpc_backends([0])
+        self.addCleanup(server.stop, 0)
+        channel = grpc.insecure_channel(address)
+        self.addCleanup(channel.close)
+        echo = "/" + demo.GRPC_SERVICE + "/"
+        answer, call = channel.unary_unary(echo + "Unary").with_call(b"hi", timeout=5)
+        self.assertEqual((answer, dict(call.initial_metadata())["x-backend"]),
+                         (b"hi", "grpc-backend-1"))
+        self.assertEqual(list(channel.unary_stream(echo + "ServerStream")(b"x", timeout=5)),
+                         [b"x", b"x", b"x"])
+        self.assertEqual(channel.stream_unary(echo + "ClientStream")(
+            iter([b"a", b"", b"b"]), timeout=5), b"ab")
+        self.assertEqual(list(channel.stream_stream(echo + "Bidi")(
+            iter([b"1", b"2"]), timeout=5)), [b"1", b"2"])
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        self.assertEqual(check(b"", timeout=5), b"\x08\x01")
+        self.assertEqual(check(b"\x0a\x09demo.Echo", timeout=5), b"\x08\x01")
+        with self.assertRaises(grpc.RpcError) as caught:
+            check(b"\x0a\x05other", timeout=5)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.NOT_FOUND)

@@ -78,6 +78,7 @@ td.num { font-variant-numeric:tabular-nums; }
   <div class="facts">
     <span>version <b id="version"></b></span>
     <span>pid <b id="pid"></b></span>
+    <span id="workers-fact" hidden>workers <b id="workers"></b></span>
     <span>up <b id="uptime"></b></span>
     <span>connections <b id="connections"></b></span>
     <span>tunnels <b id="tunnels"></b></span>
@@ -165,6 +166,14 @@ function render(doc) {
   for (const key of ["version", "pid", "connections", "tunnels", "requests"])
     document.getElementById(key).textContent = g[key];
   document.getElementById("uptime").textContent = duration(g.uptime);
+  if (g.workers) {   // workers > 1: the master's document lists its worker processes
+    const running = g.workers.filter(w => w.state === "running" && w.answered);
+    const fact = document.getElementById("workers-fact");
+    fact.hidden = false;
+    fact.title = g.workers.map(w => "worker " + w.slot + ": " + (w.pid || "-") + " " +
+                                    w.state).join("\n");
+    document.getElementById("workers").textContent = running.length + " / " + g.workers.length;
+  }
   const main = document.getElementById("upstreams");
   const sections = Object.values(doc.upstreams).map(group => groupSection(group, g.now));
   if (!sections.length) sections.push(el("p", {"class": "muted"}, "No upstream groups."));

@@ -12,7 +12,14 @@ content types and error answers:
 ``/api/upstreams/NAME``                      GET              one group
 ``/api/upstreams/NAME/servers``              GET              its servers
 ``/api/upstreams/NAME/servers/ADDRESS``      GET, PATCH, POST one server; change it
+``/api/reload``                              POST             reload the configuration
 ===========================================  ===============  ==========================
+
+``POST /api/reload`` (``Content-Type: application/json``, any body) reloads the file the
+gateway runs, as SIGHUP does (:mod:`gateway.reload`), and answers when the reload is
+done: 200 with ``{"reloaded": true, "ok": true, "errors": [], "changes": [...]}``, 422
+with every error of an invalid file (nothing changed), 500 when part of it failed (a
+listener that could not be opened; the rest stands), 503 while the gateway stops.
 
 What the documents hold is ``status.py``'s and ``gateway.metrics``'; changes are
 ``api.py``'s. Requests are not access-logged (the page polls every second); API
@@ -23,12 +30,15 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway.admin.api import ApiError, UpstreamAPI
 from gateway.admin.status import ProcessInfo, status_document, status_json, status_page
 
 __all__ = ["Admin", "AdminResource", "AdminSite"]
+
+log = Logger()
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 JSON_TYPE = b"application/json"
@@ -42,11 +52,13 @@ CHANGE = ("GET", "HEAD", "PATCH", "POST")
 class Admin:
     """What the admin listener shows and changes: one process's manager and metrics."""
 
-    def __init__(self, manager, metrics, process: ProcessInfo):
+    def __init__(self, manager, metrics, process: ProcessInfo, reload=None):
         self.manager = manager
         self.metrics = metrics
         self.process = process
         self.api = UpstreamAPI(manager)
+        #: ``reload()`` → Deferred[``gateway.reload.ReloadResult``]; None: no reload
+        self.reload = reload
 
     def status(self) -> dict:
         return status_document(self.manager, self.metrics, self.process)
@@ -99,8 +111,26 @@ class AdminResource(resource.Resource):
             return admin.metrics_text().encode("utf-8")
         if path[:2] == ["api", "upstreams"]:
             return self._upstreams(request, method, path[2:])
-        raise ApiError(404, "not found: the admin listener serves /, /status, /metrics "
-                            "and /api/upstreams")
+        if path == ["api", "reload"] and admin.reload is not None:
+            _allow(method, ("POST",))
+            _json_body(request)
+            return self._reload(request)
+        raise ApiError(404, "not found: the admin listener serves /, /status, /metrics, "
+                            "/api/upstreams and /api/reload")
+
+    def _reload(self, request):
+        """Reload and answer when it is done (``ReloadResult.status``)."""
+        log.info("admin API: reload requested (from {client})", client=_client(request))
+        finished = []
+        request.notifyFinish().addErrback(lambda _: finished.append(True))
+
+        def answer(result):
+            if not finished:
+                request.write(self._json(request, result.document(), result.status))
+                request.finish()
+
+        self.admin.reload().addCallback(answer)
+        return server.NOT_DONE_YET
 
     def _upstreams(self, request, method: str, rest: list[str]) -> bytes:
         api = self.admin.api
@@ -118,10 +148,7 @@ class AdminResource(resource.Resource):
         _allow(method, CHANGE)
         if method in READ:
             return self._json(request, api.server(rest[0], rest[2]))
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
-        if content_type.strip().lower() != JSON_TYPE:
-            raise ApiError(415, "send changes as Content-Type: application/json")
-        body = request.content.read() if request.content is not None else b""
+        body = _json_body(request)
         document = api.change_server(rest[0], rest[2], body, client=_client(request))
         return self._json(request, document)
 
@@ -130,6 +157,15 @@ class AdminResource(resource.Resource):
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", JSON_TYPE)
         return json.dumps(document, indent=1).encode("utf-8") + b"\n"
+
+
+def _json_body(request) -> bytes:
+    """The body of a change, which must be sent as JSON: a cross-site form cannot
+    send that without a CORS preflight, which is never granted."""
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0]
+    if content_type.strip().lower() != JSON_TYPE:
+        raise ApiError(415, "send changes as Content-Type: application/json")
+    return request.content.read() if request.content is not None else b""
 
 
 def _allow(method: str, allowed: tuple[str, ...]) -> None:

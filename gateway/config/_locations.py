@@ -13,6 +13,7 @@ groups themselves are ``_upstreams``'s; the ``Config`` is assembled by ``load``.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from typing import Any, Optional
@@ -38,6 +39,7 @@ from gateway.config._reader import (
 from gateway.config.model import (
     AccessRule,
     Address,
+    GrpcPass,
     LimitReqSettings,
     LocationSettings,
     PeerSettings,
@@ -152,16 +154,27 @@ class LocationReader:
                                   f"return), got {found}")
         proxy_pass = t.get("proxy_pass", None,
                            lambda v: self.proxy_pass(v, modifier))
-        grpc_pass = t.get("grpc_pass", None, self.grpc_pass)
-        if grpc_pass is not None:
-            t.unsupported("grpc_pass")
+        grpc_pass = t.get("grpc_pass", None, self.grpc_target)
         return_ = self.return_(t.at("return"), t.data["return"]) if t.has("return") else None
 
         proxy = self.upstream_keys(t, "proxy", NEXT_UPSTREAM_CONDITIONS)
-        self.upstream_keys(t, "grpc", GRPC_NEXT_UPSTREAM_CONDITIONS)
-        for suffix in _UPSTREAM_KEY_SUFFIXES:
-            if t.has(f"grpc_{suffix}"):
-                t.unsupported(f"grpc_{suffix}")
+        grpc = self.upstream_keys(t, "grpc", GRPC_NEXT_UPSTREAM_CONDITIONS)
+        if grpc_pass is not None:
+            # the grpc_* twins travel with the target; on a proxy_pass location they
+            # are validated and, as in nginx, have no effect
+            grpc_pass = dataclasses.replace(
+                grpc_pass,
+                set_header=grpc["set_header"],
+                hide_header=grpc["hide_header"],
+                pass_header=grpc["pass_header"],
+                next_upstream=grpc["next_upstream"],
+                next_upstream_tries=grpc["next_upstream_tries"],
+                next_upstream_timeout=grpc["next_upstream_timeout"],
+                connect_timeout=grpc["connect_timeout"],
+                send_timeout=grpc["send_timeout"],
+                read_timeout=(grpc["read_timeout"] if t.has("grpc_read_timeout")
+                              else None),
+            )
 
         proxy_websocket = t.get("proxy_websocket", d.proxy_websocket, boolean)
         access = (t.list("access", _access_rule, single=False)
@@ -253,8 +266,39 @@ class LocationReader:
                              f"expression, got {show(text)}")
         if authority in self.declared:
             return ProxyPass(scheme=scheme, upstream=authority, uri=uri, text=text)
-        address = self.addresses.address(authority,
-                                         default_port=443 if scheme == "https" else 80)
+        name = self._implicit_group(
+            self.addresses.address(authority, default_port=443 if scheme == "https" else 80))
+        return ProxyPass(scheme=scheme, upstream=name, uri=uri, text=text)
+
+    def grpc_target(self, value: object) -> GrpcPass:
+        """``grpc(s)://NAME`` naming a declared group, or a literal ``host[:port]`` (or
+        ``unix:/path``) that becomes an implicit group, as for ``proxy_pass``; the
+        default port is nginx's (80, 443 for grpcs)."""
+        text = nonempty_string(value)
+        match = _SCHEME.fullmatch(text)
+        scheme = match.group(1).lower() if match else None
+        if scheme not in ("grpc", "grpcs"):
+            raise ValueError(f'must start with "grpc://" or "grpcs://", got {show(text)}')
+        if "$" in text:
+            raise ValueError(UNSUPPORTED)
+        authority = match.group(2)
+        if authority in self.declared:
+            return GrpcPass(scheme=scheme, upstream=authority, text=text)
+        if not authority or (not authority.startswith("unix:")
+                             and any(c in authority for c in "/?#@")):
+            # nginx: grpc_pass takes no URI part
+            raise ValueError(f"must name an upstream or a host, got {show(text)}")
+        name = self._implicit_group(
+            self.addresses.address(authority, default_port=443 if scheme == "grpcs" else 80))
+        return GrpcPass(scheme=scheme, upstream=name, text=text)
+
+    def grpc_pass(self, value: object) -> str:
+        """A ``[[grpc_servers]]`` ``grpc_pass``: checked as :meth:`grpc_target` (its
+        implicit group created), returned as written."""
+        return self.grpc_target(value).text
+
+    def _implicit_group(self, address: Address) -> str:
+        """The implicit group of a literal target (nginx names it ``host:port``)."""
         if address.is_unix:
             name = address.text
         else:
@@ -264,19 +308,7 @@ class LocationReader:
         if name not in self.implicit:
             self.implicit[name] = UpstreamSettings(
                 name=name, servers=(PeerSettings(address=address),), implicit=True)
-        return ProxyPass(scheme=scheme, upstream=name, uri=uri, text=text)
-
-    def grpc_pass(self, value: object) -> str:
-        """``grpc(s)://NAME`` or a literal ``host[:port]``; checked, not yet wired."""
-        text = nonempty_string(value)
-        match = _SCHEME.fullmatch(text)
-        scheme = match.group(1).lower() if match else None
-        if scheme not in ("grpc", "grpcs"):
-            raise ValueError(f'must start with "grpc://" or "grpcs://", got {show(text)}')
-        authority = match.group(2)
-        if authority not in self.declared:
-            self.addresses.address(authority, default_port=443 if scheme == "grpcs" else 80)
-        return text
+        return name
 
     def return_(self, path: str, value: object) -> ReturnAction:
         t = Table(self.errors, path, value, RETURN_KEYS)

@@ -43,8 +43,8 @@ NO_SLOW_START_BALANCES = ("ip_hash", "hash", "random")
 PEER_KEYS = ("address", "weight", "max_fails", "fail_timeout", "max_conns", "backup",
              "down", "slow_start", "resolve")
 QUEUE_KEYS = ("size", "timeout")
-HEALTH_CHECK_KEYS = ("type", "uri", "grpc_service", "interval", "timeout", "fails",
-                     "passes", "status", "body", "headers")
+HEALTH_CHECK_KEYS = ("type", "uri", "grpc_service", "grpc_unimplemented", "interval",
+                     "timeout", "fails", "passes", "status", "body", "headers")
 HTTP_HEALTH_CHECK_KEYS = ("uri", "status", "body", "headers")
 UPSTREAM_TLS_KEYS = ("verify", "ca", "server_name", "certificate", "key")
 
@@ -185,6 +185,8 @@ class UpstreamReader:
             type=t.get("type", d.type, choice("http", "grpc", "tcp")),
             uri=t.get("uri", d.uri, uri),
             grpc_service=t.get("grpc_service", d.grpc_service, string),
+            grpc_unimplemented=t.get("grpc_unimplemented", d.grpc_unimplemented,
+                                     choice("healthy", "unhealthy")),
             interval=t.get("interval", d.interval, positive_duration),
             timeout=t.get("timeout", d.timeout, positive_duration),
             fails=t.get("fails", d.fails, integer(1)),
@@ -200,8 +202,8 @@ class UpstreamReader:
                     t.error(key, 'only allowed with type = "http"')
         if settings.type != "grpc" and settings.grpc_service:
             t.error("grpc_service", 'only allowed with type = "grpc"')
-        if settings.type == "grpc":
-            t.unsupported("type")   # the gRPC health probe comes with the gRPC package
+        if settings.type != "grpc" and t.has("grpc_unimplemented"):
+            t.error("grpc_unimplemented", 'only allowed with type = "grpc"')
         return settings
 
     def upstream_tls(self, path: str, value: object) -> UpstreamTLSSettings:

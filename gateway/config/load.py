@@ -163,6 +163,8 @@ class _Loader:
                              for path, item in top.tables("grpc_servers"))
         if not top.has("servers") and not top.has("grpc_servers"):
             top.error("servers", "at least one [[servers]] table is required")
+        self.check_workers(gateway, servers, grpc_servers)
+        self.check_grpcs_verify(upstreams, servers, grpc_servers)
 
         if self.errors.messages:
             raise ConfigError(self.errors.messages)
@@ -193,8 +195,6 @@ class _Loader:
         t = Table(self.errors, "gateway", value, GATEWAY_KEYS)
         d = GatewaySettings()
         workers = t.get("workers", d.workers, integer(0))
-        if workers != 1:
-            t.unsupported("workers")
         access_log = t.get("access_log", d.access_log, self.access_log)
         access_log_format = t.get("access_log_format", d.access_log_format,
                                   nonempty_string)
@@ -211,6 +211,29 @@ class _Loader:
             resolver_valid=t.get("resolver_valid", d.resolver_valid, positive_duration),
             shutdown_timeout=t.get("shutdown_timeout", d.shutdown_timeout, parse_duration),
         )
+
+    def check_workers(self, gateway: GatewaySettings, servers, grpc_servers) -> None:
+        """``workers != 1`` (a master and worker processes, :mod:`gateway.master`):
+        every listener must be one the master can bind and pass on, and the gRPC front
+        door, a grpcio server that cannot adopt a socket, runs in one process only."""
+        if gateway.workers == 1:
+            return
+        from gateway.master.sockets import shareable
+
+        seen = set()
+        for server in servers:
+            for description in server.listen:
+                if description not in seen and not shareable(description):
+                    self.errors.add("gateway.workers", (
+                        f"listener {show(description)} cannot be shared by worker "
+                        "processes: only tcp:, tcp6: and unix: listeners can (or set "
+                        "workers = 1)"))
+                seen.add(description)
+        if grpc_servers:
+            self.errors.add("gateway.workers", (
+                "[[grpc_servers]] run in one process only: set workers = 1, or serve "
+                "gRPC with grpc_pass locations of a [[servers]] listener, which work "
+                "with any number of workers"))
 
     def log_path(self, value: object) -> str:
         text = nonempty_string(value)
@@ -270,16 +293,59 @@ class _Loader:
         return cache
 
     def grpc_server(self, path: str, value: object) -> GrpcServerSettings:
+        """One ``[[grpc_servers]]`` front door (``gateway.grpc_pass.front_door``)."""
         t = Table(self.errors, path, value, GRPC_SERVER_KEYS)
         d = GrpcServerSettings(listen="", grpc_pass="")
-        listen = t.get("listen", None,
-                       lambda v: self.addresses.address(v, allow_unix=True).text,
-                       required=True)
-        tls = (self.servers.server_tls(t.at("tls"), t.data["tls"]) if t.has("tls")
-               else None)
-        grpc_pass = t.get("grpc_pass", None, self.locations.grpc_pass, required=True)
+        listen = t.get("listen", None, self.grpc_listen, required=True)
+        tls = None
+        if t.has("tls"):
+            tls = self.servers.server_tls(t.at("tls"), t.data["tls"])
+            given = t.data["tls"] if isinstance(t.data["tls"], dict) else {}
+            # grpcio's own TLS: its protocols and ciphers are not configurable per
+            # server, and a client certificate is either required or not asked for
+            for key in ("protocols", "ciphers"):
+                if key in given:
+                    self.errors.add(key_path(t.at("tls"), key),
+                                    "not supported by a gRPC front door (grpcio's TLS)")
+            if tls.verify_client == "optional":
+                self.errors.add(key_path(t.at("tls"), "verify_client"),
+                                'must be "on" or "off" for a gRPC front door (grpcio '
+                                "requires a client certificate or asks for none)")
+        target = t.get("grpc_pass", None, self.locations.grpc_target, required=True)
         retry = conditions(t, "grpc_next_upstream", GRPC_NEXT_UPSTREAM_CONDITIONS,
                            frozenset(d.grpc_next_upstream))
-        self.errors.add(path, UNSUPPORTED)
-        return GrpcServerSettings(listen=listen, grpc_pass=grpc_pass, tls=tls,
-                                  grpc_next_upstream=tuple(sorted(retry)))
+        return GrpcServerSettings(
+            listen=listen, grpc_pass=target.text if target else "", tls=tls,
+            grpc_next_upstream=tuple(sorted(retry)),
+            upstream=target.upstream if target else "",
+            scheme=target.scheme if target else "grpc")
+
+    def grpc_listen(self, value: object) -> str:
+        """A grpcio address: ``"host:port"``, ``"[v6]:port"`` (port 0: any free port)
+        or ``"unix:/path"`` (made absolute)."""
+        text = nonempty_string(value)
+        if text.startswith("unix:"):
+            return "unix:" + self.addresses.address(text).path
+        head, colon, port = text.rpartition(":")
+        if not colon or head.endswith(":") or (head.count(":") and not head.endswith("]")):
+            raise ValueError(f'must be "host:port", "[v6addr]:port" or "unix:/path", '
+                             f"got {show(value)}")
+        if port == "0":
+            self.addresses.address(head + ":1")
+            return text
+        return self.addresses.address(text).text
+
+    def check_grpcs_verify(self, upstreams: dict, servers, grpc_servers) -> None:
+        """``grpcs://`` to a group whose ``tls.verify = false``: grpcio always verifies
+        the peer's certificate, so the group's setting cannot be honoured."""
+        used = {(s.upstream, "[[grpc_servers]]") for s in grpc_servers
+                if s.scheme == "grpcs"}
+        used |= {(location.grpc_pass.upstream, "a grpc_pass location")
+                 for server in servers for location in server.locations
+                 if getattr(location.grpc_pass, "scheme", None) == "grpcs"}
+        for name, user in sorted(used):
+            settings = upstreams.get(name)
+            if settings is not None and settings.tls is not None and not settings.tls.verify:
+                self.errors.add(key_path(key_path("upstreams", name), "tls") + ".verify",
+                                f"must be true: the group is used with grpcs:// by {user}, "
+                                "and grpcio always verifies the peer")

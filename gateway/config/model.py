@@ -82,6 +82,7 @@ class HealthCheckSettings:
     type: str = "http"
     uri: str = "/"
     grpc_service: str = ""
+    grpc_unimplemented: str = "healthy"    # a grpc probe answered UNIMPLEMENTED
     interval: float = 5.0
     timeout: float = 2.0
     fails: int = 1
@@ -153,6 +154,30 @@ class ProxyPass:
 
 
 @dataclass(frozen=True)
+class GrpcPass:
+    """A parsed ``grpc_pass`` value with the location's ``grpc_*`` keys (the twins of
+    the ``proxy_*`` keys, same defaults and meanings).
+
+    ``upstream`` names the group (declared, or implicit for a literal ``host:port``:
+    default port 80, 443 for ``grpcs``, as nginx). ``read_timeout`` is None unless
+    ``grpc_read_timeout`` is set: only then does it cap a call's deadline.
+    """
+
+    scheme: str            # "grpc" | "grpcs"
+    upstream: str          # group name (for a literal host:port, that text)
+    text: str = ""         # as written, for messages
+    set_header: tuple[tuple[str, str], ...] = ()
+    hide_header: tuple[str, ...] = ()
+    pass_header: tuple[str, ...] = ()
+    next_upstream: frozenset[str] = frozenset({"error", "timeout"})
+    next_upstream_tries: int = 0
+    next_upstream_timeout: float = 0.0
+    connect_timeout: float = 60.0
+    send_timeout: float = 60.0
+    read_timeout: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class ReturnAction:
     """``return = { status = …, url = … }`` or ``{ status = …, body = … }``."""
 
@@ -189,7 +214,7 @@ class LocationSettings:
     pattern: str
     regex: Optional[re.Pattern] = field(default=None, compare=False)
     proxy_pass: Optional[ProxyPass] = None
-    grpc_pass: Optional[str] = None
+    grpc_pass: Optional[GrpcPass] = None
     return_: Optional[ReturnAction] = None
     # header handling: (name, value template) in file order; "" value removes
     proxy_set_header: tuple[tuple[str, str], ...] = ()
@@ -258,10 +283,16 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class GrpcServerSettings:
+    """One ``[[grpc_servers]]`` front door. ``listen`` is a grpcio address; ``grpc_pass``
+    the text as written, ``upstream`` the group it names (implicit for a literal
+    ``host:port``) and ``scheme`` ``"grpc"`` or ``"grpcs"``."""
+
     listen: str
     grpc_pass: str
     tls: Optional[ServerTLSSettings] = None
     grpc_next_upstream: tuple[str, ...] = ("error", "timeout", "unavailable")
+    upstream: str = ""
+    scheme: str = "grpc"
 
 
 # -- the whole file ---------------------------------------------------------------

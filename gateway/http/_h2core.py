@@ -32,9 +32,21 @@ says when a connection has gone over (``GOAWAY ENHANCE_YOUR_CALM``).
 
 Outbound headers are lower-cased and hop-by-hop ones dropped here too
 (:func:`response_headers`), so ``h2``'s outbound validation is switched off.
+
+WebSocket over HTTP/2 (RFC 8441) is decided here as well: ``SETTINGS_ENABLE_CONNECT_PROTOCOL``
+is advertised, an extended CONNECT (``:protocol``, with ``:scheme``, ``:path`` and
+``:authority``, RFC 8441 §4) with ``:protocol = websocket`` becomes the ``GET`` an
+HTTP/1.1 client would have sent (:func:`websocket_handshake`: ``Upgrade``, ``Connection``
+and a fresh ``Sec-WebSocket-Key``), and the upstream's ``101`` becomes the ``200`` that
+opens the stream's tunnel (:func:`websocket_response_headers`). A plain CONNECT keeps
+getting nginx's 405; any other ``:protocol`` gets 501, as no other protocol has a
+mapping to an HTTP/1.1 Upgrade here.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
 from typing import NamedTuple, Optional, Union
 
@@ -54,6 +66,7 @@ from gateway.http.uri import InvalidURI, normalize
 __all__ = [
     "MAX_CONCURRENT_STREAMS", "CONTINUATION_LIMIT", "FloodGuard", "Malformed", "Refused",
     "Request", "new_connection", "parse_request", "parse_trailers", "response_headers",
+    "websocket_accept", "websocket_handshake", "websocket_response_headers",
 ]
 
 #: nginx's http2_max_concurrent_streams
@@ -87,6 +100,9 @@ class Request(NamedTuple):
     head: RequestHead
     server: object        # ServerSettings
     head_length: int
+    #: the ``:protocol`` of an extended CONNECT (RFC 8441): ``b"websocket"``, its
+    #: head already turned into the HTTP/1.1 handshake; None for other requests
+    protocol: Optional[bytes] = None
 
 
 # -- the connection ------------------------------------------------------------------
@@ -169,6 +185,8 @@ def new_connection(header_list_limit: int) -> H2Connection:
         SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
         SettingCodes.MAX_HEADER_LIST_SIZE: header_list_limit,
         SettingCodes.ENABLE_PUSH: 0,
+        # RFC 8441 §3: extended CONNECT, for WebSocket over HTTP/2
+        SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
     })
     conn.decoder = _Decoder()
     conn.decoder.max_header_list_size = header_list_limit
@@ -188,7 +206,7 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]").search
 _CONNECTION_SPECIFIC = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
 })
-_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 
 
 def parse_request(headers, selector, ended: bool = False
@@ -203,7 +221,7 @@ def parse_request(headers, selector, ended: bool = False
     from the server chosen by the host (``:authority``, or ``Host`` when sent).
     """
     line_limit = selector.default.large_client_header_buffers
-    method = scheme = path = authority = None
+    method = scheme = path = authority = protocol = None
     host_header = None
     duplicate_host = False
     content_length = None
@@ -234,6 +252,10 @@ def parse_request(headers, selector, ended: bool = False
                 if scheme is not None:
                     return Malformed("client sent duplicate :scheme")
                 scheme = value
+            elif name == b":protocol":
+                if protocol is not None:
+                    return Malformed("client sent duplicate :protocol")
+                protocol = value
             else:
                 if authority is not None:
                     return Malformed("client sent duplicate :authority")
@@ -260,7 +282,16 @@ def parse_request(headers, selector, ended: bool = False
     if not method:
         return Malformed("client sent no :method")
     method_text = method.decode("latin-1")
-    if method_text == "CONNECT":
+    if protocol is not None:
+        # RFC 8441 §4: only on CONNECT, which then has the usual :scheme and :path,
+        # and :authority as any request; a CONNECT has no content (RFC 9110 §9.3.6)
+        if method_text != "CONNECT":
+            return Malformed("client sent :protocol in a %s request" % method_text)
+        if not protocol or not scheme or not path or not authority:
+            return Malformed("client sent invalid extended CONNECT request")
+        if content_length is not None:
+            return Malformed("client sent Content-Length in extended CONNECT request")
+    elif method_text == "CONNECT":
         # RFC 9113 §8.5 CONNECT has no :scheme and :path; nginx refuses it with 405
         if scheme is not None or path is not None or authority is None:
             return Malformed("client sent invalid CONNECT request")
@@ -272,7 +303,12 @@ def parse_request(headers, selector, ended: bool = False
     head = RequestHead(method_text, target, target, "", "2.0", regular)
     if total > 4 * line_limit:
         return Refused(431, "client sent too large request head", head)
-    if method_text in ("CONNECT", "TRACE"):
+    if protocol is not None:
+        if protocol.lower() != WEBSOCKET:
+            return Refused(501, "client sent unsupported :protocol %r" % protocol, head)
+        protocol = WEBSOCKET
+        websocket_handshake(head)
+    elif method_text in ("CONNECT", "TRACE"):
         return Refused(405, "client sent %s method" % method_text, head)
     if duplicate_host:
         return Refused(400, "client sent duplicate host header", head)
@@ -305,7 +341,7 @@ def parse_request(headers, selector, ended: bool = False
     if limit and head.content_length is not None and head.content_length > limit:
         return Refused(413, "client intended to send too large body", head)
     head.expect_continue = expect
-    return Request(head, server, total + len(target) + len(method))
+    return Request(head, server, total + len(target) + len(method), protocol)
 
 
 def parse_trailers(headers) -> Optional[list]:
@@ -366,6 +402,61 @@ def trailer_headers(headers) -> list:
     """Response trailers lower-cased, without pseudo and hop-by-hop fields."""
     return [(name.lower(), value) for name, value in headers
             if name[:1] != b":" and name.lower() not in _NOT_SENT]
+
+
+# -- WebSocket over HTTP/2 (RFC 8441) ----------------------------------------------
+
+WEBSOCKET = b"websocket"
+#: RFC 6455 §1.3
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#: fields of the peer's 101 that are the HTTP/1.1 handshake's own (RFC 8441 §5: no
+#: Sec-WebSocket-Accept on HTTP/2), or that a 2xx to CONNECT must not have (RFC 9110
+#: §9.3.6); Upgrade, Connection and the rest of the hop-by-hop fields go as always
+_NOT_IN_TUNNEL_RESPONSE = frozenset({b"sec-websocket-accept", b"content-length"})
+
+
+def websocket_handshake(head: RequestHead) -> None:
+    """Make the head of an extended CONNECT ``:protocol = websocket`` the HTTP/1.1
+    handshake a WebSocket client sends (RFC 6455 §4.1), in place: ``GET``, with
+    ``Upgrade: websocket``, ``Connection: upgrade`` and a fresh ``Sec-WebSocket-Key``
+    (RFC 8441 §5: HTTP/2 clients send none; one sent anyway is replaced). The rest —
+    ``Sec-WebSocket-Version``, ``-Protocol``, ``-Extensions``, ``Origin`` — is the
+    client's, so ``$http_upgrade`` and ``proxy_set_header`` see what they see on
+    HTTP/1.1."""
+    head.method = "GET"
+    headers = [header for header in head.headers if header[0] != b"sec-websocket-key"]
+    headers += [
+        (b"upgrade", WEBSOCKET),
+        (b"connection", b"upgrade"),
+        (b"sec-websocket-key", base64.b64encode(os.urandom(16))),
+    ]
+    head.headers = headers
+
+
+def websocket_accept(key: bytes) -> bytes:
+    """The ``Sec-WebSocket-Accept`` a server answers to ``key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
+
+
+def websocket_response_headers(head: RequestHead, headers, date: Optional[bytes]):
+    """The ``200`` block that opens the tunnel for a peer's ``101`` to the handshake
+    :func:`websocket_handshake` made, or None when the peer's ``Sec-WebSocket-Accept``
+    does not answer its key (RFC 6455 §4.1: the handshake failed). The peer's other
+    fields pass (``Sec-WebSocket-Protocol``, ``-Extensions`` …) as for any response."""
+    key = head.header(b"sec-websocket-key")
+    accept = None
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _NOT_IN_TUNNEL_RESPONSE:
+            if lower == b"sec-websocket-accept":
+                accept = value.strip()
+            continue
+        kept.append((name, value))
+    if key is None or accept != websocket_accept(key):
+        return None
+    block, _ = response_headers(200, kept, date)
+    return block
 
 
 # -- floods -----------------------------------------------------------------------

@@ -9,6 +9,14 @@ nobody read) and the error responses the protocol sends itself. Parsing and
 validation are the core's; what to answer is the handler's; the access log reads the
 finished exchanges passed to ``on_exchange_done``.
 
+Graceful shutdown (a reload retiring a listener's configuration, or the process
+stopping): :meth:`HTTP11Factory.graceful_shutdown` tells every connection to stop
+keeping alive, as nginx's exiting worker does (``ngx_close_idle_connections``, and the
+``ngx_exiting`` test in ``ngx_http_finalize_connection``): an idle keepalive connection
+closes at once, a request being served finishes and its connection closes after the
+response, an upgraded connection (a tunnel) runs on. An optional timeout aborts what is
+left.
+
 Timers: the protocol is a :class:`gateway.deadlines.DeadlineOwner`; it only stores
 ``deadline`` and ``_deadline_kind`` and the shared sweep calls ``deadline_expired``.
 """
@@ -19,6 +27,7 @@ from collections import deque
 from email.utils import formatdate
 from typing import Callable, Optional
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -387,6 +396,7 @@ class HTTP11Protocol(Protocol):
         self._idle_timeout = factory.selector.default.client_header_timeout
         self._head_started: Optional[float] = None
         self._taken_over = None
+        self._draining = False
 
     # -- Twisted callbacks -----------------------------------------------------------
 
@@ -412,6 +422,7 @@ class HTTP11Protocol(Protocol):
         self.deadline = now + self._idle_timeout
         self._deadline_kind = _IDLE
         self.factory.deadlines.add(self)
+        self.factory.connections.add(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._taken_over is not None:
@@ -448,6 +459,7 @@ class HTTP11Protocol(Protocol):
     def connectionLost(self, reason=None) -> None:
         self._closing = True
         self.factory.deadlines.discard(self)
+        self.factory._connection_closed(self)
         self.deadline = None
         if self._taken_over is not None:
             taken, self._taken_over = self._taken_over, None
@@ -512,6 +524,8 @@ class HTTP11Protocol(Protocol):
                         queue.popleft()
                         exchange._body_complete = True
                         self._exchange = None
+                        if self._draining:
+                            self._close()
                         continue
                     if exchange._receiver is None or exchange._body_paused:
                         break
@@ -540,7 +554,8 @@ class HTTP11Protocol(Protocol):
         taken already (else it is taken here if it is next in the queue)."""
         head, server = event.head, event.server
         self._requests += 1
-        keep_alive = head.keep_alive and self._requests < server.keepalive_requests
+        keep_alive = (head.keep_alive and self._requests < server.keepalive_requests
+                      and not self._draining)
         exchange = H1Exchange(self, head, server, now, event.head_length, keep_alive)
         self._exchange = exchange
         self._head_started = None
@@ -651,6 +666,25 @@ class HTTP11Protocol(Protocol):
             self._queue.clear()
             self.transport.loseConnection()
 
+    def graceful_shutdown(self) -> None:
+        """Stop keeping the connection alive: closed now when it waits idle between
+        keepalive requests, after the current response otherwise (which then says
+        ``Connection: close`` when its head is not sent yet). A connection that has
+        not received its first request yet is served once, as nginx does; a tunnel
+        is left alone."""
+        if self._draining:
+            return
+        self._draining = True
+        if self._closing:
+            return      # closing already, or handed to a tunnel
+        exchange = self._exchange
+        if exchange is not None:
+            if not exchange._done:
+                exchange.keep_alive = False
+            return      # a finished one is discarding its body: closed at its end
+        if self._requests and not self._queue and not self.parser.in_head:
+            self._close()
+
     # -- flow control and deadlines --------------------------------------------------
 
     def _update(self) -> None:
@@ -741,11 +775,47 @@ class HTTP11Factory(ServerFactory):
         self.scheme = scheme
         self.listener = listener
         self.on_exchange_done = on_exchange_done
+        #: the open connections (tunnels included), for graceful shutdown
+        self.connections: set = set()
+        self._drained: list[defer.Deferred] = []
         self._date_second = -1
         self._date = b""
 
     def buildProtocol(self, addr):
         return HTTP11Protocol(self)
+
+    def graceful_shutdown(self, timeout: Optional[float] = None) -> defer.Deferred:
+        """Every connection stops keeping alive (``HTTP11Protocol.graceful_shutdown``);
+        returns a Deferred that fires once all have closed. With ``timeout``, the
+        connections still open after that many seconds (slow responses, tunnels) are
+        aborted."""
+        for proto in list(self.connections):
+            proto.graceful_shutdown()
+        if not self.connections:
+            return defer.succeed(None)
+        drained = defer.Deferred()
+        self._drained.append(drained)
+        if timeout is not None:
+            timer = self.clock.callLater(timeout, self._force_close)
+
+            def done(result):
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            drained.addBoth(done)
+        return drained
+
+    def _force_close(self) -> None:
+        for proto in list(self.connections):
+            proto.transport.abortConnection()
+
+    def _connection_closed(self, proto: HTTP11Protocol) -> None:
+        self.connections.discard(proto)
+        if not self.connections and self._drained:
+            drained, self._drained = self._drained, []
+            for d in drained:
+                d.callback(None)
 
     def date(self) -> bytes:
         """The ``Date`` value, formatted at most once per clock second."""

@@ -21,6 +21,15 @@ reading from the upstream with bounded memory. Request side: received DATA is ha
 back to the client's window only as the handler consumes it (``pause_body`` /
 ``resume_body``), so a stream's unread body is bounded by its window (64 KiB).
 
+WebSocket over HTTP/2 (RFC 8441): ``SETTINGS_ENABLE_CONNECT_PROTOCOL`` is advertised and
+an extended CONNECT ``:protocol = websocket`` reaches the handler as the HTTP/1.1
+handshake (``_h2core``), with ``upgrade_protocol`` set. ``send_head(101, …)`` answers it
+with ``200`` (held until the tunnel starts; a ``101`` whose ``Sec-WebSocket-Accept`` does
+not match, or a 2xx that is no ``101``, is a 502 instead: a 2xx would tell the client the
+tunnel is open), and :meth:`H2Exchange.tunnel_end` gives the stream to a
+:class:`~gateway.http.tunnel.Tunnel` as a :class:`~gateway.http._h2tunnel.H2TunnelEnd`.
+Until then the stream's DATA waits without WINDOW_UPDATE.
+
 Timers: the protocol is a :class:`gateway.deadlines.DeadlineOwner` with one deadline,
 the earliest of: the idle connection (``client_header_timeout`` before the first
 request, then ``keepalive_timeout``: GOAWAY), a stream waiting for its body
@@ -48,6 +57,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.http import _h2core as core
+from gateway.http._h2tunnel import H2TunnelEnd
 from gateway.http.errors import error_page
 from gateway.http.exchange import ConnectionInfo, RequestHead
 from gateway.http.h1 import _refill_request_ids, _request_ids
@@ -87,7 +97,7 @@ class H2Exchange:
         "_head", "_head_sent", "_out", "_out_bytes", "_end_queued", "_ended",
         "_trailers", "_content_length", "_no_body", "_done", "_closed",
         "_close_callbacks", "_producer", "_producer_paused", "_pumping", "_last_read",
-        "_blocked_since", "_body_seen", "_remote_closed",
+        "_blocked_since", "_body_seen", "_remote_closed", "upgrade_protocol", "_tunnel",
     )
 
     accepts_trailers = True
@@ -134,6 +144,9 @@ class H2Exchange:
         self._blocked_since = None
         self._body_seen = 0
         self._remote_closed = False    # the client's END_STREAM came (or a reset went)
+        #: b"websocket" on an extended CONNECT stream (RFC 8441), for requested_upgrade
+        self.upgrade_protocol: Optional[bytes] = None
+        self._tunnel: Optional[H2TunnelEnd] = None   # once the stream is a tunnel
 
     def __repr__(self) -> str:
         return "<H2Exchange %d %s %s %s>" % (
@@ -183,10 +196,21 @@ class H2Exchange:
         proto = self._proto
         if status < 200:
             if status == 101:
-                raise ValueError("101 Switching Protocols is not possible on HTTP/2")
+                if self.upgrade_protocol is None:
+                    raise ValueError("101 Switching Protocols is not possible on HTTP/2")
+                self._switch_protocols(headers)
+                return
             block, _ = core.response_headers(status, headers, None)
             proto.conn.send_headers(self.stream_id, block)
             proto._written()
+            return
+        if self.upgrade_protocol is not None and status < 300:
+            # RFC 8441 §5: a 2xx opens the tunnel; an answer that did not switch
+            # protocols must not look like one
+            log.error("upstream answered the WebSocket handshake of an extended "
+                      "CONNECT with {status} instead of 101", status=status)
+            self.error_reason = "upstream did not switch protocols"
+            self.send_error(502)
             return
         self.status = status
         block, self._content_length = core.response_headers(status, headers,
@@ -198,6 +222,38 @@ class H2Exchange:
             self.bytes_sent += len(name) + len(value) + 2
         # sent with the first body bytes or at finish, as HTTP/1.1 does: a response
         # without a body then fits in one HEADERS frame with END_STREAM
+
+    def flush_head(self) -> None:
+        """Send the head given to ``send_head`` now instead of with the first body
+        bytes: gRPC's initial metadata, which a client may wait for before any
+        message comes (``gateway.grpc_pass.location``)."""
+        if self._head is not None and not self._closed and not self._pumping:
+            self._proto._pump(self)
+            self._proto._written()
+
+    def _switch_protocols(self, headers) -> None:
+        """The peer's 101 to the handshake: hold the 200 that opens the tunnel
+        (:meth:`tunnel_end` sends it), or answer 502 when the peer's
+        ``Sec-WebSocket-Accept`` does not match the key sent."""
+        block = core.websocket_response_headers(self.request, headers,
+                                                self._proto.factory.date())
+        if block is None:
+            log.error("upstream sent invalid \"Sec-WebSocket-Accept\" header while "
+                      "reading response header from upstream")
+            self.error_reason = "upstream sent invalid Sec-WebSocket-Accept"
+            self.send_error(502)
+            return
+        self.status = 200
+        self._head = block
+        for name, value in block:
+            self.bytes_sent += len(name) + len(value) + 2
+
+    def tunnel_end(self) -> H2TunnelEnd:
+        """This extended-CONNECT stream as a tunnel's downstream end, after
+        ``send_head(101, …)`` (see :mod:`gateway.http._h2tunnel`)."""
+        if self.upgrade_protocol is None:
+            raise RuntimeError("not an extended CONNECT stream")
+        return H2TunnelEnd(self)
 
     def send_body(self, data: bytes) -> None:
         if self._done or not data or self._closed or self._end_queued:
@@ -424,10 +480,13 @@ class H2Protocol(Protocol):
             exchange = H2Exchange(self, stream_id, head, server, now, 0)
         else:
             head = result.head
-            if event.stream_ended is None and head.content_length is None:
+            if (event.stream_ended is None and head.content_length is None
+                    and result.protocol is None):
                 head.chunked = True      # a body of unknown length follows
             exchange = H2Exchange(self, stream_id, head, result.server, now,
                                   result.head_length)
+            # an extended CONNECT's DATA is the tunnel's, not a request body
+            exchange.upgrade_protocol = result.protocol
         if event.stream_ended is not None:
             exchange._body_complete = exchange._remote_closed = True
         self._streams[stream_id] = exchange
@@ -462,6 +521,13 @@ class H2Protocol(Protocol):
         if exchange is None or exchange._body_complete or exchange._closed:
             self._ack(flow, stream_id)    # a body nobody reads any more
             return
+        if exchange.upgrade_protocol is not None:
+            # tunnel bytes: no body limit; the window goes back once the peer took them
+            exchange._in.append((data, flow))
+            tunnel = exchange._tunnel
+            if tunnel is not None and not exchange._body_paused:
+                tunnel.deliver()
+            return
         size = len(data)
         exchange.request_length += size
         seen = exchange._body_seen = exchange._body_seen + size
@@ -484,6 +550,12 @@ class H2Protocol(Protocol):
             return
         exchange._remote_closed = True
         if exchange._body_complete:
+            return
+        if exchange.upgrade_protocol is not None:
+            exchange._in.append(_BODY_END)     # the tunnel's end, after its bytes
+            tunnel = exchange._tunnel
+            if tunnel is not None and not exchange._body_paused:
+                tunnel.deliver()
             return
         if exchange._receiver is not None and not exchange._body_paused and not exchange._in:
             self._body_done(exchange)
@@ -689,6 +761,8 @@ class H2Protocol(Protocol):
             exchange._in = []
         if exchange._done:
             self._forget(exchange)
+        elif exchange._tunnel is not None:
+            exchange._tunnel.stream_ended()
 
     def _reset(self, exchange: H2Exchange, code) -> None:
         """RST_STREAM ``code`` on ``exchange``'s stream, which is over for both sides."""
@@ -738,6 +812,10 @@ class H2Protocol(Protocol):
         """The client went away from an exchange (reset, connection lost)."""
         exchange._closed = True
         exchange._out = []
+        tunnel = exchange._tunnel
+        if tunnel is not None:
+            exchange._tunnel = None
+            tunnel.lost(reason)
         if exchange._done:
             return
         exchange._done = True

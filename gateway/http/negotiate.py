@@ -95,8 +95,27 @@ class NegotiatingFactory(ServerFactory):
         return [b"h2", b"http/1.1"] if self.http2 is not None else [b"http/1.1"]
 
     def graceful_shutdown(self, timeout: float):
-        """GOAWAY on every HTTP/2 connection (see ``H2Factory.graceful_shutdown``);
-        a Deferred firing when they have closed."""
-        if self.http2 is None:
-            return defer.succeed(None)
-        return self.http2.graceful_shutdown(timeout)
+        """Stop serving more than what is under way: GOAWAY on every HTTP/2
+        connection (``H2Factory.graceful_shutdown``), no more keepalive on HTTP/1.1
+        ones (``HTTP11Factory.graceful_shutdown``); a Deferred firing when all have
+        closed, those left after ``timeout`` seconds being closed."""
+        drains = [self.http11.graceful_shutdown(timeout)]
+        if self.http2 is not None:
+            drains.append(self.http2.graceful_shutdown(timeout))
+        return defer.DeferredList(drains)
+
+    def retire(self) -> None:
+        """A reload replaced this factory's configuration: its connections finish
+        what they are doing and close (as ``graceful_shutdown``, with no time limit;
+        tunnels run to their end)."""
+        self.http11.graceful_shutdown(None)
+        if self.http2 is not None:
+            for connection in list(self.http2.connections):
+                connection.graceful_shutdown()
+
+    def open_connections(self) -> int:
+        """Client connections of this factory still open."""
+        count = len(self.http11.connections)
+        if self.http2 is not None:
+            count += len(self.http2.connections)
+        return count

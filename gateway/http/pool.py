@@ -88,6 +88,21 @@ class ConnectionPool:
             oldest.close()
         return True
 
+    def reconfigure(self, *, keepalive: int, keepalive_requests: int,
+                    keepalive_timeout: float, keepalive_time: float) -> None:
+        """A reload's limits for the group. Idle connections stay (their idle
+        deadlines run on) except those beyond a lower ``keepalive``, least recently
+        used first; the new limits apply from the next ``put``."""
+        self.keepalive = keepalive
+        self.keepalive_requests = keepalive_requests
+        self.keepalive_timeout = keepalive_timeout
+        self.keepalive_time = keepalive_time
+        while len(self._lru) > max(keepalive, 0):
+            oldest, oldest_peer = self._lru.popitem(last=False)
+            self._by_peer[oldest_peer].remove(oldest)
+            oldest._leave_pool()
+            oldest.close()
+
     def close_all(self) -> None:
         """Close every idle connection (reload, shutdown)."""
         connections = list(self._lru)

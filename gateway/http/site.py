@@ -5,8 +5,9 @@ This module owns what happens next, precompiled once per configuration: the serv
 real client address (``set_real_ip_from``, :mod:`gateway.http.realip`), the location
 match (nginx precedence, the auto-redirect 301 of a ``proxy_pass`` prefix location
 ending in ``/``), the ``access`` rules (403), and the handler of the location:
-``proxy_pass`` (:mod:`gateway.http.proxy`) or ``return`` (here). A request that matches
-no location gets 404.
+``proxy_pass`` (:mod:`gateway.http.proxy`), ``grpc_pass``
+(:mod:`gateway.grpc_pass.location`) or ``return`` (here). A request that matches no
+location gets 404.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ class Site:
             routes = {}
             for location in server.locations:
                 response_plan = ResponseHeaderPlan(location)
-                if location.proxy_pass is not None:
+                if location.proxy_pass is not None or location.grpc_pass is not None:
+                    # the factory builds the proxy_pass or the grpc_pass handler
                     handler = make_proxy_handler(location, response_plan)
                 else:
                     handler = ReturnHandler(location, response_plan, clock)

@@ -5,8 +5,9 @@ Theory of operation
 A :class:`Tunnel` joins two *ends*. The upstream end is the peer's connection, taken
 over from :class:`~gateway.http.client.UpstreamConnection` once it delivered the 101
 head. The downstream end is whatever carries the client: the HTTP/1.1 connection
-(:class:`H1DownstreamEnd`, through :meth:`H1Exchange.take_over`) or, later, an HTTP/2
-extended-CONNECT stream (RFC 8441) that implements the same :class:`DownstreamEnd`.
+(:class:`H1DownstreamEnd`, through :meth:`H1Exchange.take_over`) or an HTTP/2
+extended-CONNECT stream (RFC 8441, :class:`gateway.http._h2tunnel.H2TunnelEnd`) that
+implements the same :class:`DownstreamEnd`.
 
 - **Bytes are relayed unchanged**, including those that arrived in the same read as the
   handshake on either side (the client's after its request head, the peer's after the
@@ -95,10 +96,12 @@ class DownstreamEnd(TypingProtocol):
     def unregister_producer(self) -> None: ...
 
     def close(self) -> None:
-        """Flush what :meth:`write` was given, then close (``on_lost`` follows)."""
+        """Flush what :meth:`write` was given, then close (``on_lost`` follows, maybe
+        from inside this call)."""
 
     def abort(self) -> None:
-        """Close now, dropping unsent bytes (``on_lost`` follows)."""
+        """Close now, dropping unsent bytes (``on_lost`` follows, maybe from inside
+        this call)."""
 
     @property
     def buffered(self) -> int:
@@ -267,6 +270,7 @@ class Tunnel:
         self.upstream_open = False
         self._handshake_received = 0
         self._handshake_sent = 0
+        self._closed = False
 
     @property
     def upstream_bytes_received(self) -> int:
@@ -355,8 +359,11 @@ class Tunnel:
             log.failure("tunnel on_closing failed for {tunnel!r}", tunnel=self)
 
     def _check_closed(self) -> None:
-        if self.client_open or self.upstream_open:
+        # an HTTP/2 end reports its loss from inside close() when END_STREAM goes out
+        # at once: both _lost callbacks then get here
+        if self.client_open or self.upstream_open or self._closed:
             return
+        self._closed = True
         self.deadline = None
         self.deadlines.discard(self)
         self.on_closed(self)

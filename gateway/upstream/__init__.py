@@ -22,10 +22,12 @@ from gateway.upstream.balancers import BALANCERS, balancer_class
 from gateway.upstream.group import Attempts, Lease, UpstreamGroup
 from gateway.upstream.manager import UpstreamManager
 from gateway.upstream.peer import Peer
-from gateway.upstream.queue import QueueError, QueueFull, QueueTimeout, RequestQueue
+from gateway.upstream.queue import (
+    QueueClosed, QueueError, QueueFull, QueueTimeout, RequestQueue,
+)
 
 __all__ = [
     "Attempts", "BALANCERS", "Balancer", "Lease", "Outcome", "Peer", "PickContext",
-    "QueueError", "QueueFull", "QueueTimeout", "RequestQueue",
+    "QueueClosed", "QueueError", "QueueFull", "QueueTimeout", "RequestQueue",
     "UpstreamGroup", "UpstreamManager", "balancer_class",
 ]

@@ -12,7 +12,9 @@ This module owns what nginx keeps in ``ngx_http_upstream_get_round_robin_peer``,
 - ``UpstreamGroup.wait``: with a ``queue``, a request that found no peer while one it
   could use is at ``max_conns`` waits for it (the FIFO itself is ``queue.py``); every
   release, and every new request, first serves the waiting ones;
-- ``UpstreamGroup.snapshot``: plain data about the group and its peers for status pages.
+- ``UpstreamGroup.snapshot``: plain data about the group and its peers for status pages;
+- ``UpstreamGroup.reconfigure``: a reload's new settings for the group, keeping the
+  state of every peer whose ``address`` stays.
 
 Retry policy (which failures are retried, ``proxy_next_upstream_timeout``) belongs to
 the handlers: they stop when ``attempts.tries`` reaches 0 or ``acquire`` returns None.
@@ -50,7 +52,8 @@ class Attempts:
     acquired, in order (for ``$upstream_addr``).
     """
 
-    __slots__ = ("group", "tries", "tried", "balancer_state", "_backup", "_tried_in_tier")
+    __slots__ = ("group", "tries", "tried", "balancer_state", "balancers", "_backup",
+                 "_tried_in_tier")
 
     def __init__(self, group: UpstreamGroup, tries: int):
         self.group = group
@@ -59,6 +62,9 @@ class Attempts:
         #: per-request state a balancer keeps across retries (nginx's
         #: ``iphp->hash``/``hp->hash``); None until the balancer sets it
         self.balancer_state = None
+        #: the group's balancers this request started with: a reload that replaces
+        #: them makes ``balancer_state`` meaningless (see ``UpstreamGroup._pick``)
+        self.balancers = group.balancers
         self._backup = False
         # nginx's ``tried`` bitmap: only for the tier in use, cleared on the switch.
         self._tried_in_tier: set[Peer] = set()
@@ -133,17 +139,27 @@ class UpstreamGroup:
         #: (``gateway.upstream.resolve``), none until the first answer
         self.resolve_servers: tuple[PeerSettings, ...] = tuple(
             s for s in settings.servers if resolves(s))
+        _check_servers(settings)
         static = [s for s in settings.servers if not resolves(s)]
         self.peers: list[Peer] = [Peer(s) for s in static if not s.backup]
         self.backups: list[Peer] = [Peer(s) for s in static if s.backup]
-        if not self.peers and all(s.backup for s in self.resolve_servers):
-            raise ValueError(f"no servers in upstream {self.name!r}")
         self._all = self.peers + self.backups
         self._resolved: dict[int, list[Peer]] = {id(s): [] for s in self.resolve_servers}
         #: callables ``(added, removed)`` (lists of peers) called after the peer lists
         #: changed at run time: pools drop idle connections, health checks add loops
         self.membership_observers: list[Callable[[list[Peer], list[Peer]], None]] = []
-        cls = balancer_class(settings.balance, settings)
+        #: how many balancers were built (a new pair per reload of the group)
+        self.balancers = 0
+        self._build_balancers()
+        #: the ``queue`` of requests waiting for a peer at ``max_conns`` (None: no queue)
+        self.queue: Optional[RequestQueue] = None
+        if settings.queue is not None:
+            self.queue = RequestQueue(settings.queue, clock)
+            # a peer added by DNS is capacity the waiting requests may use
+            self.membership_observers.append(self._membership_capacity)
+
+    def _build_balancers(self) -> None:
+        cls = balancer_class(self.settings.balance, self.settings)
         #: whether the balancer reads PickContext (round robin does not), so callers
         #: can skip building one per request
         self.needs_context: bool = getattr(cls, "needs_context", True)
@@ -153,12 +169,10 @@ class UpstreamGroup:
             cls(self.backups)
             if self.backups or any(s.backup for s in self.resolve_servers) else None)
         self.single = len(self.peers) == 1 and not self.backups
-        #: the ``queue`` of requests waiting for a peer at ``max_conns`` (None: no queue)
-        self.queue: Optional[RequestQueue] = None
-        if settings.queue is not None:
-            self.queue = RequestQueue(settings.queue, clock)
-            # a peer added by DNS is capacity the waiting requests may use
-            self.membership_observers.append(lambda added, removed: self.capacity_changed())
+        self.balancers += 1
+
+    def _membership_capacity(self, added, removed) -> None:
+        self.capacity_changed()
 
     def __repr__(self) -> str:
         return f"<UpstreamGroup {self.name} peers={self.peers} backups={self.backups}>"
@@ -208,6 +222,11 @@ class UpstreamGroup:
                 return None
             return peer
 
+        if attempts.balancers != self.balancers:
+            # a reload rebuilt the balancers since this request's last pick: the state
+            # the old one kept for it (a hash, a rehash count) may mean nothing now
+            attempts.balancers = self.balancers
+            attempts.balancer_state = None
         peer = None
         if not attempts.in_backup:
             peer = self._primary.pick(attempts, context, now)
@@ -311,6 +330,100 @@ class UpstreamGroup:
             "peers": [peer.snapshot(now) for peer in self.peers + self.backups],
         }
 
+    # -- reload (gateway.reload) ----------------------------------------------------------
+
+    def reconfigure(self, settings: UpstreamSettings) -> tuple[list[Peer], list[Peer]]:
+        """Take a reload's settings for this group (same name); returns the peers
+        ``(added, removed)``.
+
+        Peers are matched by ``address`` text; a server listed more than once is
+        matched in file order. A matched peer keeps its object and so its state
+        (connections, failures, health, counters, pooled connections keyed by its
+        name) and takes the new parameters (``Peer.reconfigure``), moving to the
+        other tier when ``backup`` changed. ``resolve = true`` entries are matched the
+        same way and keep the peers DNS gave them until the next lookup. Unmatched new
+        entries become fresh peers; unmatched old ones leave the group (leases held on
+        them finish normally: they hold the ``Peer``). The tier lists change in place;
+        the balancers are rebuilt (``balance`` and its options may have changed), and
+        requests in flight drop the state the old ones kept for them. A ``queue``
+        removed by the reload fails its waiting requests (``QueueClosed``); a changed
+        one keeps them. ``membership_observers`` are not called: the reload tells
+        pools and health checks itself.
+        """
+        if settings.name != self.name:
+            raise ValueError(f"settings of {settings.name!r} given to {self.name!r}")
+        _check_servers(settings)
+        now = self.clock.seconds()
+        resolved_ids = {id(p) for peers in self._resolved.values() for p in peers}
+        by_entry = {id(p.settings): p for p in self._all if id(p) not in resolved_ids}
+        # the peers of the old static entries, and the old resolve entries, by address
+        old_static: dict[str, list[Peer]] = {}
+        for entry in self.settings.servers:
+            peer = by_entry.get(id(entry))
+            if peer is not None:
+                old_static.setdefault(entry.address.text, []).append(peer)
+        old_resolve: dict[str, list[PeerSettings]] = {}
+        for entry in self.resolve_servers:
+            old_resolve.setdefault(entry.address.text, []).append(entry)
+        old_resolved = dict(self._resolved)
+
+        primaries: list[Peer] = []
+        backups: list[Peer] = []
+        added: list[Peer] = []
+        resolved: dict[int, list[Peer]] = {}
+        resolve_servers: list[PeerSettings] = []
+        for entry in settings.servers:
+            if resolves(entry):
+                resolve_servers.append(entry)
+                olds = old_resolve.get(entry.address.text)
+                peers = old_resolved.pop(id(olds.pop(0))) if olds else []
+                for peer in peers:
+                    peer.reconfigure(entry, now)
+                resolved[id(entry)] = peers
+                continue
+            olds = old_static.get(entry.address.text)
+            if olds:
+                peer = olds.pop(0)
+                peer.address = entry.address
+                peer.reconfigure(entry, now)
+            else:
+                peer = Peer(entry)
+                added.append(peer)
+            (backups if entry.backup else primaries).append(peer)
+        # DNS peers follow the static ones of their tier, as when they were resolved
+        for entry in resolve_servers:
+            (backups if entry.backup else primaries).extend(resolved[id(entry)])
+        removed = [p for peers in old_static.values() for p in peers]
+        removed += [p for peers in old_resolved.values() for p in peers]
+
+        self.settings = settings
+        self.resolve_servers = tuple(resolve_servers)
+        self._resolved = resolved
+        self.peers[:] = primaries
+        self.backups[:] = backups
+        self._all[:] = primaries + backups
+        self._build_balancers()
+        self._reconfigure_queue(settings)
+        return added, removed
+
+    def _reconfigure_queue(self, settings: UpstreamSettings) -> None:
+        queue = self.queue
+        if settings.queue is None:
+            if queue is not None:
+                self.queue = None
+                # whoever can go now goes; nothing would serve the rest any more
+                queue.dispatch(self._acquire_queued)
+                queue.close()
+            return
+        if queue is None:
+            self.queue = RequestQueue(settings.queue, self.clock)
+            if self._membership_capacity not in self.membership_observers:
+                self.membership_observers.append(self._membership_capacity)
+            return
+        # the requests waiting keep their place and their timers
+        queue.max_size = settings.queue.size
+        queue.timeout = settings.queue.timeout
+
     # -- resolve = true: membership that follows DNS (gateway.upstream.resolve) ---------
 
     def resolved_peers(self, settings: PeerSettings) -> list[Peer]:
@@ -359,3 +472,10 @@ class UpstreamGroup:
         for observer in list(self.membership_observers):
             observer(added, removed)
         return added, removed
+
+
+def _check_servers(settings: UpstreamSettings) -> None:
+    """A group needs a primary server, static or ``resolve = true`` (the loader
+    refuses anything else; this guards direct construction and reloads)."""
+    if all(s.backup for s in settings.servers):
+        raise ValueError(f"no servers in upstream {settings.name!r}")

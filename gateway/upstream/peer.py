@@ -142,6 +142,31 @@ class Peer:
         self.effective_weight = max(0, min(weight, self.effective_weight + weight - self.weight))
         self.weight = weight
 
+    def reconfigure(self, settings: PeerSettings, now: float) -> None:
+        """A reload kept this peer (same ``address`` in the same group): take the new
+        file's parameters and keep the state (``conns``, ``fails`` and the failure
+        window, ``effective_weight``'s deficit, health, counters, a ``slow_start`` ramp
+        in progress).
+
+        The file wins over the runtime API: ``down`` and ``weight`` become the file's
+        values and ``drain`` is cleared (the file has no such key), as NGINX Plus does
+        for changes not kept in a ``state`` file. ``current_weight`` restarts at 0, so
+        the new weights start a fresh smooth round robin cycle, as nginx's new workers
+        do. ``address`` and ``name`` are the caller's: a ``resolve = true`` peer keeps
+        its resolved ``ip:port``.
+        """
+        self.settings = settings
+        self.max_fails = settings.max_fails
+        self.fail_timeout = settings.fail_timeout
+        self.max_conns = settings.max_conns
+        self.backup = settings.backup
+        self.slow_start = settings.slow_start
+        if settings.weight != self.weight:
+            self.set_weight(settings.weight)
+        self.set_down(settings.down, now)
+        self.draining = False
+        self.current_weight = 0
+
     def _start_ramp(self, now: float) -> None:
         if self.slow_start > 0:
             self.ramp_start = now

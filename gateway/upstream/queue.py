@@ -55,6 +55,12 @@ class QueueTimeout(QueueError):
     message = "upstream queue timed out"
 
 
+class QueueClosed(QueueError):
+    """A reload removed the group's ``queue`` while the request waited in it."""
+
+    message = "upstream queue removed by a reload"
+
+
 class _Waiter:
     __slots__ = ("attempts", "context", "deferred", "since", "timer")
 
@@ -144,6 +150,14 @@ class RequestQueue:
             del self._waiting[waiter]
             self.timeouts += 1
             waiter.deferred.errback(QueueTimeout())
+
+    def close(self) -> None:
+        """Fail every waiting request with ``QueueClosed`` (a reload removed the
+        ``queue``: nothing would serve them any more)."""
+        waiting, self._waiting = list(self._waiting), {}
+        for waiter in waiting:
+            waiter.timer.cancel()
+            waiter.deferred.errback(QueueClosed())
 
     def snapshot(self) -> dict:
         """Plain data for status pages (NGINX Plus API names: ``size`` is the number

@@ -1,6 +1,5 @@
 """``[upstreams.NAME].health_check``: every key loads as written, the forms of
-``status``, keys that do not fit the chosen ``type``, and ``type = "grpc"`` still
-refused as "not supported yet" (it comes with the gRPC package)."""
+``status``, keys that do not fit the chosen ``type``, and the ``grpc`` keys."""
 import tomllib
 
 import pytest
@@ -87,15 +86,24 @@ def test_grpc_service_without_type_grpc_is_an_error():
         'upstreams.app.health_check.grpc_service: only allowed with type = "grpc"']
 
 
-def test_type_grpc_is_not_supported_yet_at_its_path():
-    assert errors_of('type = "grpc", grpc_service = "helloworld.Greeter"') == [
-        "upstreams.app.health_check.type: not supported yet"]
+def test_type_grpc_reads_its_service_and_unimplemented_policy():
+    """``type = "grpc"``: ``grpc_service`` asked about, ``grpc_unimplemented`` (what a
+    peer without a health service counts as; healthy by default)."""
+    settings = health_check('type = "grpc", grpc_service = "helloworld.Greeter"')
+    assert (settings.type, settings.grpc_service, settings.grpc_unimplemented) == (
+        "grpc", "helloworld.Greeter", "healthy")
+    settings = health_check('type = "grpc", grpc_unimplemented = "unhealthy"')
+    assert settings.grpc_unimplemented == "unhealthy"
+    assert errors_of('type = "grpc", grpc_unimplemented = "maybe"') == [
+        "upstreams.app.health_check.grpc_unimplemented: must be one of \"healthy\", "
+        "\"unhealthy\", got \"maybe\""]
+    assert errors_of('grpc_unimplemented = "healthy"') == [
+        'upstreams.app.health_check.grpc_unimplemented: only allowed with type = "grpc"']
 
 
-def test_type_grpc_with_http_keys_reports_both():
+def test_type_grpc_with_http_keys_is_an_error():
     assert errors_of('type = "grpc", uri = "/health"') == [
-        'upstreams.app.health_check.uri: only allowed with type = "http"',
-        "upstreams.app.health_check.type: not supported yet"]
+        'upstreams.app.health_check.uri: only allowed with type = "http"']
 
 
 def test_a_bad_type_reports_only_the_type():

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
 from gateway.config.model import (
+    GrpcServerSettings,
     AccessRule,
     AdminSettings,
     Address,
@@ -855,10 +856,7 @@ ERRORS = [
       '"invalid_header", "http_500", "http_502", "http_503", "http_504", "http_403", '
       '"http_404", "http_429", "non_idempotent", "unavailable", "deadline_exceeded", '
       '"resource_exhausted", "internal", got "eror" (did you mean "error"?)',
-      f"{L}.grpc_connect_timeout: {POSITIVE_DURATION}",
-      f"{L}.grpc_set_header: not supported yet",
-      f"{L}.grpc_next_upstream: not supported yet",
-      f"{L}.grpc_connect_timeout: not supported yet"]),
+      f"{L}.grpc_connect_timeout: {POSITIVE_DURATION}"]),
     ("location_unknown_key_without_suggestion", proxied("colour = 1"),
      [f"{L}.colour: unknown key"]),
     # [limit_req_zones.NAME], [caches.NAME], [[grpc_servers]]
@@ -876,8 +874,7 @@ ERRORS = [
     ("grpc_server_values",
      '[[grpc_servers]]\nlisten = "127.0.0.1:99999"\ngrpc_pass = "app"\n' + MINIMAL,
      ['grpc_servers[0].listen: port must be from 1 to 65535, got "127.0.0.1:99999"',
-      'grpc_servers[0].grpc_pass: must start with "grpc://" or "grpcs://", got "app"',
-      "grpc_servers[0]: not supported yet"]),
+      'grpc_servers[0].grpc_pass: must start with "grpc://" or "grpcs://", got "app"']),
 ]
 
 
@@ -890,11 +887,6 @@ def test_each_bad_value_is_reported_at_its_toml_path(text, expected):
 # -- not supported yet ---------------------------------------------------------------
 
 UNSUPPORTED = [
-    ("workers", '[gateway]\nworkers = 4\n' + MINIMAL, "gateway.workers"),
-    ("workers_per_core", '[gateway]\nworkers = 0\n' + MINIMAL, "gateway.workers"),
-    ("health_check_grpc", upstream('health_check = { type = "grpc" }'),
-     "upstreams.app.health_check.type"),
-    ("grpc_pass", location('grpc_pass = "grpc://app"'), f"{L}.grpc_pass"),
     ("proxy_cache_valid", proxied('proxy_cache_valid = { "200 302" = "10m" }'),
      f"{L}.proxy_cache_valid"),
     ("proxy_cache_use_stale", proxied('proxy_cache_use_stale = ["updating"]'),
@@ -902,14 +894,6 @@ UNSUPPORTED = [
     ("proxy_cache_lock", proxied("proxy_cache_lock = true"), f"{L}.proxy_cache_lock"),
     ("proxy_cache_background_update", proxied("proxy_cache_background_update = true"),
      f"{L}.proxy_cache_background_update"),
-] + [
-    (f"grpc_{suffix}", proxied(f"grpc_{suffix} = {value}"), f"{L}.grpc_{suffix}")
-    for suffix, value in [
-        ("set_header", '{ X-A = "1" }'), ("next_upstream", '["error"]'),
-        ("connect_timeout", '"1s"'), ("read_timeout", '"1s"'), ("send_timeout", '"1s"'),
-        ("hide_header", '["X-A"]'), ("pass_header", '["X-A"]'),
-        ("next_upstream_tries", "1"), ("next_upstream_timeout", '"1s"'),
-    ]
 ]
 
 
@@ -924,6 +908,40 @@ def test_proxy_websocket_true_is_accepted():
     """Upgrade tunnels are built: ``proxy_websocket = true`` (the default) loads."""
     config = parse_config(tomllib.loads(proxied("proxy_websocket = true")), "/x.toml")
     assert config.servers[0].locations[0].proxy_websocket is True
+
+
+def test_workers_other_than_one_load_with_shareable_listeners():
+    """``workers = 4`` and ``0`` (one per core) load; so do tcp6: and unix: listeners,
+    which the master can bind and pass to its workers."""
+    for workers in (4, 0):
+        config = parse(f"[gateway]\nworkers = {workers}\n" + MINIMAL)
+        assert config.gateway.workers == workers
+    text = ('[gateway]\nworkers = 2\n' + MINIMAL
+            + '[[servers]]\nlisten = ["tcp6:8081", "unix:/run/gw.sock"]\n'
+              '[[servers.locations]]\npath = "/"\nreturn = { status = 204 }\n')
+    assert parse(text).gateway.workers == 2
+
+
+def test_workers_refuse_a_listener_the_master_cannot_share():
+    """A ``stdio:`` endpoint is not a socket the master can bind and pass on: refused
+    with the listener named."""
+    text = ('[gateway]\nworkers = 2\n' + MINIMAL
+            + '[[servers]]\nlisten = "stdio:"\n'
+              '[[servers.locations]]\npath = "/"\nreturn = { status = 204 }\n')
+    assert errors_of(text) == [
+        'gateway.workers: listener "stdio:" cannot be shared by worker processes: '
+        "only tcp:, tcp6: and unix: listeners can (or set workers = 1)"]
+
+
+def test_workers_refuse_the_grpc_front_door():
+    """``[[grpc_servers]]`` is a grpcio server, which cannot take over the master's
+    socket: it needs ``workers = 1``, and the error says what works instead."""
+    text = ('[gateway]\nworkers = 0\n[[grpc_servers]]\nlisten = "127.0.0.1:50051"\n'
+            'grpc_pass = "grpc://127.0.0.1:50052"\n' + MINIMAL)
+    assert [e for e in errors_of(text) if e.startswith("gateway.")] == [
+        "gateway.workers: [[grpc_servers]] run in one process only: set workers = 1, or "
+        "serve gRPC with grpc_pass locations of a [[servers]] listener, which work with "
+        "any number of workers"]
 
 
 def test_admin_listen_takes_an_endpoint_description_or_false():
@@ -952,14 +970,58 @@ def test_proxy_cache_with_its_cache_reports_both_as_not_supported_yet():
                                f"{L}.proxy_cache: not supported yet"]
 
 
-def test_grpc_servers_are_not_supported_yet():
+def test_grpc_servers_are_read_with_their_target():
+    """A front door: its grpcio address (port 0 allowed), the group its grpc_pass
+    names and the scheme, and grpc_next_upstream (sorted; CONFIG.md's default)."""
     text = MINIMAL + """
+[upstreams.app]
+servers = [{ address = "127.0.0.1:50053" }]
+
 [[grpc_servers]]
 listen = "127.0.0.1:50051"
-grpc_pass = "grpc://backend:50051"
-grpc_next_upstream = ["error", "timeout", "unavailable"]
+grpc_pass = "grpcs://app"
+grpc_next_upstream = ["unavailable", "error"]
+
+[[grpc_servers]]
+listen = "[::1]:0"
+grpc_pass = "grpc://127.0.0.1:50052"
 """
-    assert errors_of(text) == ["grpc_servers[0]: not supported yet"]
+    config = parse_config(tomllib.loads(text), "/x.toml")
+    first, second = config.grpc_servers
+    assert first == GrpcServerSettings(
+        listen="127.0.0.1:50051", grpc_pass="grpcs://app", upstream="app",
+        scheme="grpcs", grpc_next_upstream=("error", "unavailable"))
+    assert second == GrpcServerSettings(
+        listen="[::1]:0", grpc_pass="grpc://127.0.0.1:50052", upstream="127.0.0.1:50052",
+        scheme="grpc", grpc_next_upstream=("error", "timeout", "unavailable"))
+    # a literal host:port is an implicit group, as for grpc_pass locations
+    assert config.upstreams["127.0.0.1:50052"].implicit
+
+
+@pytest.mark.parametrize("listen, message", [
+    ("127.0.0.1", 'must be "host:port", "[v6addr]:port" or "unix:/path", got "127.0.0.1"'),
+    ("::1:50051", 'must be "host:port", "[v6addr]:port" or "unix:/path", got "::1:50051"'),
+    ("bad host:1", 'must be "host:port", "[v6addr]:port" or "unix:/path", got "bad host:1"'),
+])
+def test_grpc_server_listen_is_a_grpcio_address(listen, message):
+    text = MINIMAL + f'[[grpc_servers]]\nlisten = "{listen}"\ngrpc_pass = "grpc://a:1"\n'
+    assert errors_of(text) == [f"grpc_servers[0].listen: {message}"]
+
+
+def test_grpcs_to_a_group_that_does_not_verify_is_refused():
+    """grpcio always verifies the peer: ``verify = false`` cannot be honoured."""
+    text = MINIMAL + """
+[upstreams.app]
+servers = [{ address = "127.0.0.1:50053" }]
+tls = { verify = false }
+
+[[grpc_servers]]
+listen = "127.0.0.1:50051"
+grpc_pass = "grpcs://app"
+"""
+    assert errors_of(text) == [
+        "upstreams.app.tls.verify: must be true: the group is used with grpcs:// by "
+        "[[grpc_servers]], and grpcio always verifies the peer"]
 
 
 # -- variables and defaults across servers -------------------------------------------

@@ -199,7 +199,8 @@ class SiteConfiguration(unittest.TestCase):
         directory = self._site_copy()
         config = load_config(os.path.join(directory, "conf", "site.toml"))
         self.assertEqual(list(config.listeners()),
-                         ["tcp:8080:interface=127.0.0.1", "tcp:8443:interface=127.0.0.1"])
+                         ["tcp:8080:interface=127.0.0.1", "tcp:8443:interface=127.0.0.1",
+                          "tcp:8090:interface=127.0.0.1"])
         self.assertEqual(
             [p.address.text for p in config.upstreams["demo"].servers],
             ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"],

@@ -462,13 +462,13 @@ locations = [{ path = "/", proxy_pass = "https://backend.internal/api/" }]
                          Address("backend.internal:443", "backend.internal", 443))
         self.assertIsNone(group.tls)      # the defaults: verify, system CAs, SNI = host
 
-    def test_grpcs_stays_not_supported(self):
+    def test_grpcs_names_an_implicit_group_on_port_443_by_default(self):
         text = """
 [[servers]]
 listen = ["tcp:8080"]
-locations = [{ path = "/", grpc_pass = "grpcs://127.0.0.1:50051" }]
+locations = [{ path = "/", grpc_pass = "grpcs://127.0.0.1" }]
 """
-        with self.assertRaises(ConfigError) as caught:
-            parse_config(tomllib.loads(text), os.path.join(self.dir, "gw.toml"))
-        self.assertEqual(str(caught.exception).splitlines(),
-                         ["servers[0].locations[0].grpc_pass: not supported yet"])
+        config = parse_config(tomllib.loads(text), os.path.join(self.dir, "gw.toml"))
+        target = config.servers[0].locations[0].grpc_pass
+        self.assertEqual((target.scheme, target.upstream), ("grpcs", "127.0.0.1:443"))
+        self.assertIsNone(config.upstreams["127.0.0.1:443"].tls)
