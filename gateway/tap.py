@@ -38,6 +38,16 @@ def _install_reactor():
     return reactor
 
 
+def _refuse_grpc_without_asyncio(config, reactor) -> None:
+    """gRPC (grpc.aio) shares the reactor's asyncio loop: with ``--reactor=epoll`` (or
+    any non-asyncio reactor) a configuration using gRPC stops startup with one line."""
+    if config.uses_grpc() and getattr(reactor, "_asyncioEventloop", None) is None:
+        raise SystemExit(
+            f"gateway: {config.path} uses gRPC (grpc_pass, grpc_servers or a grpc health"
+            f" check), which needs the asyncio reactor; run without --reactor"
+            f" (this one is {type(reactor).__name__})")
+
+
 def makeService(options):
     """Load and validate the configuration, then build the service tree (with
     ``workers > 1``, the master process's: :mod:`gateway.master`)."""
@@ -73,6 +83,7 @@ def makeService(options):
     if worker_count(config.gateway.workers) > 1:
         return _master_service(options)
     reactor = _install_reactor()
+    _refuse_grpc_without_asyncio(config, reactor)
     from gateway.reload import ProcessSignals
     from gateway.service import GatewayService
 
@@ -96,5 +107,6 @@ def _master_service(options):
     parent = getattr(options, "parent", None)
     chosen = parent.get("reactor") if parent is not None else None
     reactor = _install_reactor()
+    _refuse_grpc_without_asyncio(config, reactor)   # the workers run the same reactor
     return MasterService(config, raw, reactor,
                          twistd_args=[f"--reactor={chosen}"] if chosen else [])

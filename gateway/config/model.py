@@ -318,3 +318,14 @@ class Config:
             for description in server.listen:
                 by_listen.setdefault(description, []).append(server)
         return {k: tuple(v) for k, v in by_listen.items()}
+
+    def uses_grpc(self) -> bool:
+        """Whether anything needs grpcio (and so the asyncio reactor): a ``grpc_pass``
+        location, a ``[[grpc_servers]]`` front door or a ``grpc`` health check."""
+        return bool(
+            self.grpc_servers
+            or any(location.grpc_pass is not None
+                   for server in self.servers for location in server.locations)
+            or any(group.health_check is not None and group.health_check.type == "grpc"
+                   for group in self.upstreams.values())
+        )

@@ -236,6 +236,25 @@ class SiteConfiguration(unittest.TestCase):
         self.assertIn("upstreams.app.servers[0].weight:", result.stderr)
         self.assertIn('servers[0].locations[0].proxy_pas: unknown key (did you mean "proxy_pass"?)', result.stderr)
 
+    def test_grpc_on_the_epoll_reactor_stops_startup_with_one_line(self):
+        directory = tempfile.mkdtemp(prefix="gateway-epoll-")
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "grpc.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[admin]\nlisten = false\n'
+                '[upstreams.g]\nservers = [ { address = "127.0.0.1:1" } ]\n'
+                '[[servers]]\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
+                'locations = [ { path = "/", grpc_pass = "grpc://g" } ]\n'
+            )
+        result = self._twistd("--reactor=epoll", "-n", "--pidfile=", "gateway", "-c", path)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(
+            f"gateway: {path} uses gRPC (grpc_pass, grpc_servers or a grpc health check),"
+            " which needs the asyncio reactor; run without --reactor (this one is"
+            " EPollReactor)", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
     def test_twistd_help_lists_the_gateway_plugin(self):
         result = self._twistd("--help")
         self.assertIn("gateway", result.stdout)
