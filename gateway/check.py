@@ -46,7 +46,7 @@ def _server_addresses(config: Config) -> Iterator[tuple[str, Address]]:
             if not peer.resolve:
                 yield f"upstreams.{name}.servers[{i}].address", peer.address
     # literal ``proxy_pass = "http://host:port"`` (and ``grpc_pass``) groups, at the
-    # first location using them
+    # first location (or front door) using them
     seen: set[str] = set()
     for s, server in enumerate(config.servers):
         for j, location in enumerate(server.locations):
@@ -61,6 +61,14 @@ def _server_addresses(config: Config) -> Iterator[tuple[str, Address]]:
             seen.add(target.upstream)
             for peer in group.servers:
                 yield f"servers[{s}].locations[{j}].{key}", peer.address
+    # a ``[[grpc_servers]]`` front door's literal ``grpc_pass`` makes one as well
+    for i, front_door in enumerate(config.grpc_servers):
+        group = config.upstreams.get(front_door.upstream)
+        if group is None or not group.implicit or front_door.upstream in seen:
+            continue
+        seen.add(front_door.upstream)
+        for peer in group.servers:
+            yield f"grpc_servers[{i}].grpc_pass", peer.address
 
 
 def unresolvable_hosts(config: Config, resolve: Optional[Resolver] = None) -> list[str]:

@@ -269,9 +269,10 @@ class Reloader:
         return closing, opening
 
     def _admin(self, old, new, changes: list[str], opening: list) -> list:
-        if old.admin.listen == new.admin.listen:
-            return []
         service = self.service
+        if old.admin.listen == new.admin.listen and (
+                new.admin.listen is None or service.admin_listener is not None):
+            return []       # unchanged (one that could not be opened is tried again)
         closing = []
         if service.admin_listener is not None:
             closing.append(defer.maybeDeferred(service.removeService,

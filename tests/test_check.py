@@ -62,6 +62,18 @@ class UnresolvableHosts(unittest.TestCase):
         self.assertEqual(sorted(resolver.asked), [
             ("bad.example", 8080), ("good.example", 8080), ("missing.example", 9000)])
 
+    def test_a_grpc_front_doors_literal_target_is_checked(self):
+        config = parse_config(tomllib.loads("""
+[[grpc_servers]]
+listen = "127.0.0.1:0"
+grpc_pass = "grpc://nohost.example:50051"
+"""), "/tmp/site.toml")
+        resolver = FakeResolver(set())
+        self.assertEqual(unresolvable_hosts(config, resolver), [
+            'grpc_servers[0].grpc_pass: host not found in upstream'
+            ' "nohost.example:50051" (Name or service not known)'])
+        self.assertEqual(resolver.asked, [("nohost.example", 50051)])
+
     def test_nothing_to_report_when_every_name_resolves(self):
         resolver = FakeResolver({"good.example", "bad.example", "missing.example"})
         self.assertEqual(unresolvable_hosts(self.config, resolver), [])

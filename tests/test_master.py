@@ -7,6 +7,7 @@ tests/integration/test_workers.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -370,12 +371,18 @@ class MasterTests(SynchronousTestCase):
                                     self.path])
         self.assertEqual(args[9], "--worker")
         spec = WorkerSpec.from_json(args[10])
+        # the private admin socket is named even with [admin] listen off: a reload
+        # that turns it on makes the worker open it there
+        admin = os.path.join(master.rundir, "worker-2.sock")
         self.assertEqual(spec, WorkerSpec(
-            slot=1, config_copy=os.path.join(master.rundir, "config.toml"), admin=None,
+            slot=1, config_copy=os.path.join(master.rundir, "config.toml"), admin=admin,
             listeners={"tcp:8080": 4, "unix:/run/gw.sock": 5}))
         self.assertEqual(child_fds, {0: "w", 1: 1, 2: 2, 3: "r", 4: 50, 5: 51})
         with open(spec.config_copy, "rb") as f:
             self.assertEqual(f.read(), master.raw)
+        self.assertEqual(worker_config(master.config, spec).admin.listen, None)
+        on = dataclasses.replace(master.config, admin=AdminSettings(listen="tcp:9901"))
+        self.assertEqual(worker_config(on, spec).admin.listen, admin_description(admin))
 
     def test_workers_zero_is_one_per_core(self):
         self.assertEqual(worker_count(0), os.cpu_count())
@@ -454,6 +461,40 @@ class MasterTests(SynchronousTestCase):
         self.assertEqual(sorted(master.supervisor.workers), [0])
         self.assertEqual([w.state for w in master.supervisor.retiring],
                          ["stopping", "stopping"])
+
+    def test_an_admin_listener_that_cannot_listen_is_reported_and_tried_again(self):
+        from twisted.internet.error import CannotListenError
+
+        refused = {9}
+        listen_tcp = self.reactor.listenTCP
+
+        def listenTCP(port, factory, backlog=50, interface=""):
+            if port in refused:
+                raise CannotListenError(interface, port, OSError("Address already in use"))
+            return listen_tcp(port, factory, backlog, interface)
+
+        self.reactor.listenTCP = listenTCP
+        self.write()
+        master = self.start()
+        with open(self.path) as f:
+            text = f.read()
+        text = text.replace(
+            "[admin]\nlisten = false", '[admin]\nlisten = "tcp:9:interface=127.0.0.1"')
+        with open(self.path, "w") as f:
+            f.write(text)
+        result = master.reload()
+        self.assertEqual((result.applied, result.status, result.errors), (True, 500, [
+            "cannot listen on admin.listen tcp:9:interface=127.0.0.1: Address already"
+            " in use"]))
+        self.assertIsNone(master.admin_listener)
+
+        refused.clear()         # the same file again, once the port is free
+        result = master.reload()
+        self.assertEqual((result.ok, result.changes[-1]), (
+            True, "admin listener: tcp:9:interface=127.0.0.1"))
+        self.assertEqual(self.reactor.tcpServers[-1][0], 9)
+        self.assertIs(master.getServiceNamed("admin.listen tcp:9:interface=127.0.0.1"),
+                      master.admin_listener)
 
     def test_sigterm_stops_the_reactor_and_the_stop_waits_for_the_workers(self):
         self.write()

@@ -1,10 +1,10 @@
 """``[upstreams.NAME]`` tables → ``UpstreamSettings``: peers, pooling, queue, checks, TLS.
 
 This module owns one upstream group's keys: the balancing method and its companions
-(``hash_key``, ``consistent``, ``two``), connection pooling, the ``[[servers]]`` peers,
-``queue``, ``health_check`` and ``tls``, with the "not supported yet" gate for the parts a
-later release builds. Groups named by a literal ``proxy_pass`` (implicit groups) are made
-by ``_locations``; collecting the groups into the ``Config`` is ``load``'s.
+(``hash_key``, ``consistent``, ``two``), connection pooling, the ``servers`` (peers),
+``queue``, ``health_check`` and ``tls``. Groups named by a literal ``proxy_pass``
+(implicit groups) are made by ``_locations``; collecting the groups into the ``Config``
+is ``load``'s.
 """
 from __future__ import annotations
 
@@ -126,6 +126,10 @@ class UpstreamReader:
                       for p, item in t.tables("servers", required=True))
         if t.has("servers") and isinstance(t.data["servers"], list) and not peers:
             t.error("servers", "at least one server is required")
+        elif (peers and all(p.backup for p in peers)
+              and balance not in NO_BACKUP_BALANCES):   # there: the backup error
+            # nginx: "no servers in upstream" (ngx_http_upstream_init_round_robin)
+            t.error("servers", "at least one server that is not a backup is required")
         return UpstreamSettings(
             name=name,
             servers=peers,

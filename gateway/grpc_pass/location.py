@@ -591,7 +591,9 @@ class GrpcCall:
         log.info("gRPC call {method} failed: {details}",
                  method=self.exchange.request.target, details=details)
         self.ended = True
-        self._cancel()
+        if self.call is not None:
+            # the relay counts the call with the status the client gets
+            self.call.cancel(code, details)
         self._record_upstream()
         self._end(code, details, [], extra=(_ACCEPT_ENCODING,) if unsupported else ())
 

@@ -343,13 +343,14 @@ class RelayCall:
         self._half_closed = True
         self._wake_writer()
 
-    def cancel(self) -> None:
+    def cancel(self, code: int = CANCELLED, details: str = "Cancelled") -> None:
         """The client cancelled or went away: the peer's call is cancelled (RST_STREAM
         CANCEL), the attempt released as no fault of the peer, the sink ended with
-        ``CANCELLED``."""
+        ``CANCELLED`` — or with ``code`` and ``details`` when the gateway answered the
+        client so (a request it refused mid-call), which the metrics then count."""
         if self.status is not None:
             return
-        self._abandon(CANCELLED, "Cancelled")
+        self._abandon(code, details)
         task = self._task
         if task is not None and not task.done():
             task.cancel()

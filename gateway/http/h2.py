@@ -690,9 +690,11 @@ class H2Protocol(Protocol):
                         self._end_sent(exchange)
                         return
                     conn.send_headers(stream_id, head)
+                sent = False
                 if out and not self._write_paused:
                     window = conn.local_flow_control_window(stream_id)
                     frame_size = conn.max_outbound_frame_size
+                    sent = window > 0
                     while out and window > 0:
                         chunk = out[0]
                         size = len(chunk)
@@ -713,7 +715,8 @@ class H2Protocol(Protocol):
                         exchange._out_bytes -= size
                         exchange.bytes_sent += size + 9
                 if out:
-                    if exchange._blocked_since is None:
+                    # nginx's send_timeout runs between two sends: progress restarts it
+                    if exchange._blocked_since is None or sent:
                         exchange._blocked_since = self.clock.seconds()
                         self._blocked[stream_id] = exchange
                         self._arm(exchange._blocked_since + SEND_TIMEOUT)

@@ -208,9 +208,9 @@ class MasterService(MultiService):
         for number, (description, shared) in enumerate(self.sockets.items(), FIRST_FD):
             child_fds[number] = shared.socket.fileno()
             listeners[description] = number
-        admin = None
-        if self.config.admin.listen is not None:
-            admin = os.path.join(self.rundir, f"worker-{worker.serial}.sock")
+        # always named: a reload that turns the admin listener on makes the workers
+        # open it (``worker_config``), and the master asks them there
+        admin = os.path.join(self.rundir, f"worker-{worker.serial}.sock")
         worker.admin = admin
         spec = WorkerSpec(slot=worker.slot, config_copy=os.path.join(self.rundir, "config.toml"),
                           admin=admin, listeners=listeners)
@@ -269,16 +269,22 @@ class MasterService(MultiService):
             self.supervisor.resize(count)
         for shared in closing:
             shared.close()
-        if config.admin.listen != old.admin.listen:
+        errors = []
+        if config.admin.listen != old.admin.listen or (
+                config.admin.listen is not None and self.admin_listener is None):
+            # moved, or one that could not be opened before is tried again
             changes.append("admin listener: %s" % (config.admin.listen or "off"))
-            self._move_admin(config.admin.listen)
+            error = self._move_admin(config.admin.listen)
+            if error is not None:
+                errors.append(error)
         if self.running:
             self._open_error_log(config.gateway.error_log)   # reopened: log rotation
         for line in changes:
             log.info("reload: {change}", change=line)
-        return ReloadResult(True, [], changes)
+        return ReloadResult(True, errors, changes)
 
-    def _move_admin(self, listen: Optional[str]) -> None:
+    def _move_admin(self, listen: Optional[str]) -> Optional[str]:
+        """The admin listener on ``listen`` now; the error when it cannot listen."""
         old = self.admin_listener
         if old is not None:
             old.disownServiceParent()
@@ -286,10 +292,13 @@ class MasterService(MultiService):
             self._admin_listen(listen)
         except SystemExit as e:    # ListenerService's one-line bind failure
             log.error("reload: {error}", error=e)
+            if self.admin_listener is not None:
+                self.admin_listener.disownServiceParent()   # it never listened
             self.admin_listener = None
-            return
+            return str(e).removeprefix("gateway: ")
         if self.admin_listener is not None:
             self.admin_listener.listening.addCallback(self._admin_started)
+        return None
 
     # -- stop ------------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ class WorkerSpec:
     slot: int
     #: a file holding the configuration's bytes as the master validated them
     config_copy: str
-    #: the private admin socket's path (None: the admin listener is off)
+    #: the private admin socket's path, served while ``[admin] listen`` is on (None:
+    #: never)
     admin: Optional[str] = None
     #: listen description → inherited descriptor number
     listeners: dict = dataclasses.field(default_factory=dict)

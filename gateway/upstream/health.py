@@ -128,6 +128,8 @@ class _PeerCheck:
             self.passes += 1
             if not peer.healthy and self.passes >= settings.passes:
                 peer.set_healthy(True, now)
+                # capacity back without a release: requests in the queue go first
+                checker.group.capacity_changed()
                 log.info(
                     "upstream server {peer} in upstream {upstream} is healthy again"
                     " after {passes} passed health checks: {reason}",
@@ -209,9 +211,13 @@ class HealthChecker(Service):
         if self.running:
             self.stopService()
         now = self.clock.seconds()
+        back = False
         for peer in peers:
             if not peer.healthy:
                 peer.set_healthy(True, now)
+                back = True
+        if back:
+            self.group.capacity_changed()
 
     def _group_peers(self) -> list[Peer]:
         return list(self.group.peers) + list(self.group.backups)

@@ -99,3 +99,12 @@ def test_switched_off_companions_are_accepted_with_any_method():
     """``consistent = false`` and ``two = false`` are the defaults: never an error."""
     app = load(upstream('balance = "least_conn"\nconsistent = false\ntwo = false'))
     assert (app.balance, app.consistent, app.two) == ("least_conn", False, False)
+
+
+def test_a_group_of_backups_only_is_an_error():
+    """nginx refuses an upstream without a primary server ("no servers in upstream");
+    so does the loader, rather than the group failing to build when the gateway
+    starts."""
+    text = upstream("", servers='{ address = "127.0.0.1:3001", backup = true }')
+    assert errors_of(text) == [
+        "upstreams.app.servers: at least one server that is not a backup is required"]

@@ -157,8 +157,9 @@ class FakeCall:
     def done_sending(self):
         self.relay.events.append("done_sending")
 
-    def cancel(self):
+    def cancel(self, *status):
         self.relay.events.append("cancel")
+        self.cancelled_with = status      # (code, details) when the gateway answered
 
 
 class Peer:
@@ -409,6 +410,9 @@ def test_a_message_above_the_limit_cancels_the_call_with_resource_exhausted():
     call(c, struct.pack(">BI", 0, DEFAULT_MAX_MESSAGE + 1), end=False)
     c.send()
     assert relay.events == ["cancel"]
+    # the relay ends (and counts) the call with the status the client gets
+    assert relay.call.cancelled_with == (
+        8, "Received message larger than max (16777217 vs. 16777216)")
     frames = [f for f in server_frames(c.transport) if f[0] == "HEADERS"]
     assert frames == [trailers_only(
         8, b"Received message larger than max (16777217 vs. 16777216)")]
@@ -456,6 +460,7 @@ def test_a_client_reset_cancels_the_call_once():
     c.h2.reset_stream(stream)
     c.send()
     assert relay.events == [("send", b"x"), "cancel"]
+    assert relay.call.cancelled_with == ()       # a plain cancel: CANCELLED
     relay.sink.end(1, "Cancelled", [])       # whatever the relay still reports
     assert relay.sink.message(b"late") is None
     assert c.done[0].status == 200
@@ -467,6 +472,7 @@ def test_connection_loss_cancels_the_call():
     c.send()
     c.proto.connectionLost(None)
     assert relay.events == [("send", b"x"), "cancel"]
+    assert relay.call.cancelled_with == ()       # a plain cancel: CANCELLED
     assert c.done[0].status == 499
 
 

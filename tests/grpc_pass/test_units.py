@@ -159,6 +159,44 @@ def test_retries_stop_at_tries_and_next_upstream_timeout():
     assert not call._may_retry(failure("error"))
 
 
+class _Sink:
+    def __init__(self):
+        self.ended = []
+
+    def end(self, code, details, trailing):
+        self.ended.append((code, details, trailing))
+
+
+class _Metrics:
+    def __init__(self):
+        self.calls = []
+
+    def grpc_call(self, status):
+        self.calls.append(status)
+
+
+@pytest.mark.parametrize("args, ended, counted", [
+    ((), (1, "Cancelled", []), "CANCELLED"),
+    ((8, "Received message larger than max"),
+     (8, "Received message larger than max", []), "RESOURCE_EXHAUSTED"),
+])
+def test_cancel_ends_and_counts_the_call_with_the_clients_status(args, ended, counted):
+    """A call the gateway refused mid-way (a message above the limit) is counted in
+    ``gateway_grpc_calls_total`` with the status the client got, not as CANCELLED."""
+    clock = Clock()
+    manager = UpstreamManager({"app": upstream(server("p0"))}, clock)
+    relay = _Relay(manager, clock)
+    relay.metrics = _Metrics()
+    sink = _Sink()
+    call = RelayCall(relay, GrpcTarget("app"), "/a.B/C", [], None, sink, None, None)
+    relay.calls.add(call)
+    call.cancel(*args)
+    call.cancel()                     # once only
+    assert sink.ended == [ended]
+    assert relay.metrics.calls == [counted]
+    assert call.status == ended[0] and relay.calls == set()
+
+
 def test_requests_beyond_the_replay_limit_are_not_retried():
     call, _ = relay_call(GrpcTarget("app", next_upstream=("unavailable",)))
     call._replay = None      # what the writer does past REPLAY_LIMIT bytes

@@ -645,6 +645,29 @@ def test_stream_stuck_on_a_closed_window_is_reset_after_send_timeout():
     assert not c.closed
 
 
+def test_send_timeout_runs_between_two_sends_not_for_the_whole_response():
+    """nginx's send_timeout: a stream whose client keeps opening its window a little
+    (each time within the timeout) is slow, not stuck, and is never reset."""
+    held = []
+    c = Client(held.append, settings={SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    stream = c.request("/")
+    c.exchange()
+    held[0].send_head(200, [])
+    held[0].send_body(b"x" * 100)
+    received = sum(len(e.data) for e in c.receive() if isinstance(e, DataReceived))
+    for _ in range(5):
+        c.advance(h2_module.SEND_TIMEOUT * 0.75)
+        c.h2.increment_flow_control_window(10, stream_id=stream)
+        c.h2.increment_flow_control_window(10)
+        events = c.exchange()
+        assert not any(isinstance(e, StreamReset) for e in events)
+        received += sum(len(e.data) for e in events if isinstance(e, DataReceived))
+    assert received == 60
+    assert stream in c.proto._streams
+    c.advance(h2_module.SEND_TIMEOUT + 0.2)
+    assert responses(c.receive())[stream] == [("reset", ErrorCodes.PROTOCOL_ERROR)]
+
+
 def test_keepalive_requests_ends_with_goaway_after_the_last_stream():
     """As nginx: the request that reaches keepalive_requests gets GOAWAY naming it at
     once, is still answered, and the connection closes after it."""

@@ -274,7 +274,9 @@ class CleartextTests(unittest.TestCase):
         self.assertEqual(len(streams), 1)
         self.assertLessEqual(streams[0]._out_bytes, STREAM_BUFFER + 65536)
         self.assertTrue(streams[0]._producer_paused)
+        deadline = reactor.seconds() + WAIT
         while not response.done.called:
+            self.assertLess(reactor.seconds(), deadline, "the response never completed")
             client.ack(response.stream_id)
             await sleep(0.001)
             self.assertLessEqual(sum(s._out_bytes for s in h2_streams(service)),

@@ -331,6 +331,32 @@ class ReloadOfListeners(unittest.TestCase):
             SERVERS_CHANGED, f"listener {taken} added"]))
         self.assertEqual((await get(busy_port)).body, b"three")
 
+    async def test_an_admin_listener_that_could_not_be_opened_is_tried_again(self):
+        """As a proxy listener: the next reload of the same file opens it once its
+        port is free."""
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        self.addCleanup(busy.close)
+        busy_port = busy.getsockname()[1]
+        taken = "tcp:%d:interface=127.0.0.1" % busy_port
+        gateway = FileGateway(self, start_backends(self, "a"))
+        service = await gateway.start(self.config([LISTEN]))
+
+        admin = '[admin]\nlisten = "%s"' % taken
+        result = await gateway.reload(self.config([LISTEN], more=admin))
+        self.assertEqual((result.applied, result.status), (True, 500))
+        self.assertEqual(result.errors, [
+            f"cannot listen on admin.listen {taken}: [Errno 98] Address already in use"])
+        self.assertIsNone(service.admin_listener)
+
+        busy.close()
+        result = await gateway.reload(self.config([LISTEN], more=admin))
+        self.assertEqual((result.ok, result.changes), (True, [
+            f"admin listener: {taken}", f"listener admin.listen {taken} added"]))
+        response = await get(busy_port, "/status")
+        self.assertEqual(response.status, 200)
+
 
 class ReloadKeepsPeerState(unittest.TestCase):
     CONFIG = """

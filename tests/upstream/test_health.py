@@ -9,7 +9,8 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 
-from gateway.config.model import HealthCheckSettings
+from gateway.config.model import HealthCheckSettings, QueueSettings
+from gateway.upstream import Outcome
 from gateway.upstream.health import HealthChecker, ProbeResult
 
 from tests.upstream.helpers import make_group, serve, server
@@ -313,3 +314,30 @@ def test_forget_stops_and_makes_every_peer_healthy_again():
     assert group.peers[0].healthy is True
     assert not checker.running
     assert clock.getDelayedCalls() == []
+
+
+def test_a_peer_healthy_again_serves_the_requests_waiting_in_the_queue():
+    """A passed check is capacity that came back without a release: a request waiting
+    in the queue gets the peer at once, not only at the next release or new request."""
+    group, clock = make_group(server("a", max_conns=1), server("b"),
+                              queue=QueueSettings(size=5, timeout=60))
+    probe = FakeProbe(clock, b=[False, True])
+    checker = HealthChecker(group, HealthCheckSettings(interval=1), probe, clock)
+    checker.startService()
+    clock.pump([0, 0.5])                # b fails its first probe at 0.5: unhealthy
+    a, b = group.peers
+    assert b.healthy is False
+    first = group.acquire(group.attempts())
+    assert first.peer is a
+    attempts = group.attempts()
+    assert group.acquire(attempts) is None
+    waiting = group.wait(attempts)
+    served = []
+    waiting.addCallback(served.append)
+    clock.advance(1)                    # b passes at 1.5
+    assert b.healthy is True
+    assert [lease.peer for lease in served] == [b]
+    assert len(group.queue) == 0
+    served[0].release(Outcome.OK)
+    first.release(Outcome.OK)
+    checker.stopService()
