@@ -4,7 +4,9 @@
 Run it through ``bench/run.sh`` (``make bench``); see bench/README.md for what is measured
 and how to read the tables. Standard library only, so it runs with any Python 3.11 (the
 certificate for the TLS cases comes from the project's ``gateway.tls.selfsigned``, or
-openssl when that is missing).
+openssl when that is missing); the ``grpc`` case's peer and bidi client
+(bench/grpcecho.py, bench/grpcload.py) need grpcio, which the project's venv has, and run
+with the same interpreter.
 
 Layout of the headline case, ``http1`` (every address is 127.0.0.1, ports chosen free at
 start):
@@ -24,7 +26,14 @@ affects each alike, and the better of the rounds is reported. The other cases
   knowledge;
 - ``ws``: WebSocket echo through each proxy (bench/wsload.py → proxy → bench/wsecho.py):
   messages/s, CPU per message, and memory per idle tunnel; plus the client straight to
-  the echo backend ("direct") as the load side's own ceiling.
+  the echo backend ("direct") as the load side's own ceiling;
+- ``http1-w2``: the ``http1`` load with 2 worker processes in each proxy (nginx
+  ``worker_processes 2``, the gateway's ``[gateway] workers = 2``), CPU summed over each
+  process tree;
+- ``grpc``: unary calls/s (h2load framing gRPC requests by hand, h2c) and bidi
+  messages/s (bench/grpcload.py) to one grpc.aio echo peer (bench/grpcecho.py): direct,
+  through nginx ``grpc_pass``, through the gateway's ``grpc_pass`` location and through
+  its ``[[grpc_servers]]`` front door.
 """
 from __future__ import annotations
 
@@ -128,9 +137,9 @@ def tree_pids(pid: int) -> List[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its live descendants, in seconds."""
-    total = 0
+def cpu_by_process(pid: int) -> Dict[int, float]:
+    """utime + stime of ``pid`` and of each of its live descendants, in seconds."""
+    out = {}
     for p in tree_pids(pid):
         try:
             with open(f"/proc/{p}/stat", "rb") as f:
@@ -138,8 +147,13 @@ def cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return total / CLK_TCK
+        out[p] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and its live descendants, in seconds."""
+    return sum(cpu_by_process(pid).values())
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -337,7 +351,8 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(args, port: int, seconds: float, cpu: Optional[str], url: Optional[str] = None) -> WrkResult:
-    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--latency",
+    # wrk takes whole seconds only ("0.5s" is a usage error)
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--latency",
             url or f"http://127.0.0.1:{port}/"]
     if cpu is not None:
         argv = ["taskset", "-c", cpu] + argv
@@ -387,11 +402,12 @@ def measure(args, target: Target, status_port: int, wrk_cpu: Optional[str], url:
             duration: Optional[float] = None, warmup: Optional[float] = None) -> dict:
     run_wrk(args, target.port, args.warmup if warmup is None else warmup, wrk_cpu, url)
     accepts0 = upstream_accepts(status_port)
-    cpu0 = cpu_seconds(target.proc.pid)
+    by0 = cpu_by_process(target.proc.pid)
     t0 = time.monotonic()
     w = run_wrk(args, target.port, args.duration if duration is None else duration, wrk_cpu, url)
     wall = time.monotonic() - t0
-    cpu1 = cpu_seconds(target.proc.pid)
+    by1 = cpu_by_process(target.proc.pid)
+    cpu0, cpu1 = sum(by0.values()), sum(by1.values())
     accepts1 = upstream_accepts(status_port)
     if target.proc.poll() is not None:
         raise BenchError(f"{target.name} exited during the run (status {target.proc.returncode}). "
@@ -411,6 +427,10 @@ def measure(args, target: Target, status_port: int, wrk_cpu: Optional[str], url:
         "cpu_util": cpu / wall,
         "upstream_conns": new_upstream,
         "pool_reuse": 1 - new_upstream / w.requests if w.requests else float("nan"),
+        # each process of the tree over the run, the top process first (nginx master +
+        # workers; the gateway's master + workers): how the work was shared
+        "cpu_by_process": [round(by1[p] - by0.get(p, 0.0), 3) for p in
+                           [target.proc.pid] + sorted(p for p in by1 if p != target.proc.pid)],
     }
 
 
@@ -453,7 +473,8 @@ def fmt_row(cols, widths):
     return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cols, widths)))
 
 
-def print_table(args, targets: List[Target], pinned: bool, title: Optional[str] = None) -> None:
+def print_table(args, targets: List[Target], pinned: bool, title: Optional[str] = None,
+                notes: Tuple[str, ...] = ()) -> None:
     nginx = next((t for t in targets if t.kind == "nginx" and t.best), None)
     head = ["proxy", "req/s", "p50 ms", "p99 ms", "CPU us/req", "proxy CPU", "pool reuse",
             "vs nginx", "CPU/req vs nginx", "errors"]
@@ -485,12 +506,14 @@ def print_table(args, targets: List[Target], pinned: bool, title: Optional[str] 
     for t in targets:
         if t.runs:
             print(f"  {t.name}: req/s per round " + ", ".join(f"{r['rps']:,.0f}" for r in t.runs))
+    for n in notes:
+        print("  " + n)
     print()
 
 
 # -- the other cases: shared machinery -------------------------------------------------
 
-CASES = ("http1", "https", "h2", "h2c", "ws")
+CASES = ("http1", "http1-w2", "https", "h2", "h2c", "grpc", "ws")
 
 
 @dataclass
@@ -605,7 +628,7 @@ def make_certificate(work: Path) -> Tuple[Path, Path]:
 
 def nginx_case_conf(ctx: Ctx, case: str, port: int, upstream_ports: List[int], keepalive: Optional[int],
                     listen_flags: str = "", tls: bool = False, websocket: bool = False,
-                    server_extra: str = "") -> str:
+                    server_extra: str = "", workers: Optional[int] = None) -> str:
     """nginx as the reference proxy for one case: the http1 case's proxy config, plus TLS,
     HTTP/2 or WebSocket settings."""
     w = ctx.work
@@ -619,7 +642,7 @@ def nginx_case_conf(ctx: Ctx, case: str, port: int, upstream_ports: List[int], k
     else:
         connection = 'proxy_set_header Connection "";'
     return f"""# nginx as the reference proxy for the {case} case; gateway-{case}-*.toml do the same job
-worker_processes {ctx.args.workers};
+worker_processes {ctx.args.workers if workers is None else workers};
 daemon off;
 pid {w}/nginx-{case}.pid;
 error_log {w}/nginx-{case}-error.log warn;
@@ -656,13 +679,14 @@ http {{
 
 def gateway_case_toml(ctx: Ctx, case: str, port: int, upstream_ports: List[int], keepalive: Optional[int],
                       tls: bool = False, http2: Optional[bool] = None,
-                      server_extra: Tuple[Tuple[str, str], ...] = ()) -> str:
+                      server_extra: Tuple[Tuple[str, str], ...] = (), workers: Optional[int] = None) -> str:
     """The gateway's config for one case: the http1 case's, plus TLS / HTTP/2 keys."""
     servers = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in upstream_ports)
     lines = [f"# gateway config for the benchmark's {case} case (CONFIG.md); nginx-{case}.conf does the same job",
              "[gateway]"]
-    if ctx.args.workers != 1:
-        lines.append(f"workers = {ctx.args.workers}")
+    workers = ctx.args.workers if workers is None else workers
+    if workers != 1:
+        lines.append(f"workers = {workers}")
     lines += ["access_log = false", 'shutdown_timeout = "1s"', "", "[admin]", "listen = false", "",
               "[upstreams.bench]"]
     if keepalive is not None:
@@ -679,16 +703,18 @@ def gateway_case_toml(ctx: Ctx, case: str, port: int, upstream_ports: List[int],
 
 
 def case_targets(ctx: Ctx, case: str, nginx_conf: Callable[[int], str],
-                 gateway_conf: Callable[[int], str]) -> List[Target]:
-    """nginx and one gateway per reactor for ``case``, configs written, not started."""
+                 gateway_conf: Callable[[int], str], reactors: Optional[List[str]] = None) -> List[Target]:
+    """nginx and one gateway per reactor (default: every ``--reactors``) for ``case``,
+    configs written, not started."""
     w = ctx.work
-    ports = free_ports(1 + len(ctx.reactors))
+    reactors = ctx.reactors if reactors is None else reactors
+    ports = free_ports(1 + len(reactors))
     conf = w / f"nginx-{case}.conf"
     conf.write_text(nginx_conf(ports[0]))
     targets = [Target("nginx", "nginx", ports[0],
                       [ctx.nginx_bin, "-p", str(w), "-e", str(w / f"nginx-{case}-error.log"), "-c", str(conf)],
                       w / f"nginx-{case}.log")]
-    for reactor, port in zip(ctx.reactors, ports[1:]):
+    for reactor, port in zip(reactors, ports[1:]):
         conf = w / f"gateway-{case}-{reactor}.toml"
         conf.write_text(gateway_conf(port))
         argv = [str(ctx.twistd), "-n", "--pidfile="]
@@ -1134,6 +1160,398 @@ def case_ws(ctx: Ctx) -> Tuple[str, List[Target]]:
     return title, targets
 
 
+# -- case http1-w2: the headline load with 2 worker processes in each proxy ---------------
+
+W2 = 2   # worker processes of both proxies in the http1-w2 case
+
+
+def probe_w2(t: Target) -> Optional[str]:
+    """Ready when the proxy runs its master and 2 worker processes (the gateway: its
+    master logged ``listening on … at 127.0.0.1:PORT`` and both workers logged
+    ``gateway started``) and ``GET /`` is answered by a backend."""
+    if t.kind == "gateway":
+        log = t.log.read_text(errors="replace") if t.log.exists() else ""
+        if not re.search(rf"listening on \S+ at 127\.0\.0\.1:{t.port}\b", log):
+            return f"the master has not logged 'listening on … at 127.0.0.1:{t.port}' yet"
+        started = log.count("gateway started:")
+        if started < W2:
+            return f"{started} of {W2} workers logged 'gateway started'"
+    workers = len(tree_pids(t.proc.pid)) - 1
+    if workers != W2:
+        return f"{workers} worker processes, not {W2}"
+    try:
+        status, body = http_get(t.port)
+    except (OSError, http.client.HTTPException) as e:
+        return f"{type(e).__name__}: {e}"
+    return None if status == 200 and body in BACKEND_BODIES else f"HTTP {status} {body[:200]!r}"
+
+
+def case_http1_w2(ctx: Ctx) -> Tuple[str, List[Target]]:
+    """The http1 load (wrk, keepalive, small response) with nginx ``worker_processes 2``
+    against the gateway's ``[gateway] workers = 2`` (the first of ``--reactors``), CPU
+    summed over each process tree."""
+    a = ctx.args
+    targets = case_targets(
+        ctx, "http1-w2",
+        lambda port: nginx_case_conf(ctx, "http1-w2", port, ctx.backend_ports, a.keepalive, workers=W2),
+        lambda port: gateway_case_toml(ctx, "http1-w2", port, ctx.backend_ports, a.keepalive, workers=W2),
+        reactors=ctx.reactors[:1])
+
+    def measure_one(t: Target, rnd: int) -> dict:
+        return measure(a, t, ctx.status_port, ctx.load_cpu, duration=a.case_duration, warmup=a.case_warmup)
+
+    def describe(r: dict) -> str:
+        return (f"{r['rps']:>10,.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                f"{r['cpu_us_per_req']:.1f} us CPU/req  proxy CPU {r['cpu_util'] * 100:.0f}%  "
+                f"upstream conns {r['upstream_conns']}  errors {r['errors'] + r['non_2xx']}  "
+                f"[CPU s master {r['cpu_by_process'][0]:.2f}, workers "
+                f"{', '.join(f'{c:.2f}' for c in r['cpu_by_process'][1:])}]")
+
+    run_case(ctx, "http1-w2", targets, probe_w2, measure_one, describe)
+    pin = ("proxy pinned to CPU " + a.proxy_cpu + ", wrk and backends to CPU " + a.load_cpu
+           if ctx.pinned else "no CPU pinning")
+    title = (f"http1-w2: wrk -t{a.threads} -c{a.connections} -d{a.case_duration:g}s (keepalive, after a "
+             f"{a.case_warmup:g}s warm-up), {W2} worker processes in each proxy, CPU summed over each "
+             f"process tree (so up to {W2 * 100}%), best of {a.case_rounds} round(s); {pin}")
+    notes = []
+    for t in targets:
+        b = t.best
+        if b is None:
+            continue
+        workers = b["cpu_by_process"][1:]
+        busy = sum(workers)
+        split = " / ".join(f"{c / busy * 100:.0f}%" for c in workers) if busy else "-"
+        notes.append(f"{t.name}: CPU over the best run: master {b['cpu_by_process'][0]:.2f} s, workers "
+                     f"{' + '.join(f'{c:.2f}' for c in workers)} s (split {split})")
+    print_table(a, targets, ctx.pinned, title=title, notes=tuple(notes))
+    return title, targets
+
+
+# -- case grpc: unary calls and bidi messages through the proxies --------------------------
+
+GRPC_UNARY = "/demo.Echo/Unary"
+
+
+def grpc_payload(size: int) -> bytes:
+    return (b"bench-grpc-" * (size // 11 + 1))[:size]
+
+
+def nginx_grpc_conf(ctx: Ctx, port: int, peer_port: int, keepalive: int) -> str:
+    w = ctx.work
+    return f"""# nginx as the reference gRPC proxy; gateway-grpc-*.toml do the same job
+worker_processes {ctx.args.workers};
+daemon off;
+pid {w}/nginx-grpc.pid;
+error_log {w}/nginx-grpc-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {w}/tmp-proxy;
+    proxy_temp_path {w}/tmp-proxy;
+    fastcgi_temp_path {w}/tmp-proxy;
+    uwsgi_temp_path {w}/tmp-proxy;
+    scgi_temp_path {w}/tmp-proxy;
+    upstream grpc_peers {{
+        server 127.0.0.1:{peer_port};
+        keepalive {keepalive};   # nginx relays one call per upstream connection
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2 backlog=4096;   # h2c, prior knowledge
+        keepalive_requests 10000000;   # h2load does not reconnect after a GOAWAY
+        client_max_body_size 0;        # a bidi call is one long request body
+        location / {{
+            grpc_pass grpc://grpc_peers;
+            # what the gateway adds by default (x-forwarded-for)
+            grpc_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+def gateway_grpc_toml(ctx: Ctx, port: int, peer_port: int, front_door: bool) -> str:
+    """A ``grpc_pass`` location on an h2c listener, or (``front_door``) only a
+    ``[[grpc_servers]]`` front door, to the same one-peer group."""
+    lines = [f"# gateway config for the benchmark's grpc case ({'[[grpc_servers]] front door' if front_door else 'grpc_pass location'}); "
+             "nginx-grpc.conf does the same job", "[gateway]"]
+    if ctx.args.workers != 1 and not front_door:
+        lines.append(f"workers = {ctx.args.workers}")
+    lines += ["access_log = false", 'shutdown_timeout = "1s"', "", "[admin]", "listen = false", "",
+              "[upstreams.grpc_peers]", f'servers = [ {{ address = "127.0.0.1:{peer_port}" }} ]', ""]
+    if front_door:
+        lines += ["[[grpc_servers]]", f'listen = "127.0.0.1:{port}"', 'grpc_pass = "grpc://grpc_peers"']
+    else:
+        lines += ["[[servers]]", f'listen = ["tcp:{port}:interface=127.0.0.1"]',
+                  "# http2 = true (the default): h2c with prior knowledge",
+                  "keepalive_requests = 10000000   # as in nginx-grpc.conf",
+                  "client_max_body_size = 0        # a bidi call is one long request body",
+                  'locations = [ { path = "/", grpc_pass = "grpc://grpc_peers" } ]']
+    return "\n".join(lines) + "\n"
+
+
+def grpc_check(port: int) -> Optional[str]:
+    """A unary and a bidi call through ``port`` (bench/grpcload.py check): None when both
+    came back equal to what was sent with status OK, else what went wrong."""
+    try:
+        rc, out = run_tool([sys.executable, str(BENCH / "grpcload.py"), "--port", str(port), "check"], 20)
+    except BenchError as e:
+        return str(e)
+    return None if rc == 0 else (out.strip().splitlines() or ["failed"])[-1]
+
+
+def run_grpc_h2load(ctx: Ctx, port: int, body: Path, seconds: float) -> dict:
+    a = ctx.args
+    argv = ["h2load", f"-c{a.h2_clients}", f"-m{a.h2_streams}", f"-t{a.h2_threads}",
+            "-D", f"{max(1, round(seconds * 1000))}ms", "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://127.0.0.1:{port}{GRPC_UNARY}"]
+    rc, out = run_tool(argv, seconds + 30, ctx.load_cpu)
+    if rc != 0:
+        raise BenchError(f"h2load failed (status {rc}):\n{out[-3000:]}")
+    h = parse_h2load(out)
+    m = re.search(r"^traffic: .*\((\d+)\) data", out, re.M)
+    if not m:
+        raise BenchError(f"could not find the data bytes in h2load output:\n{out[-3000:]}")
+    h["data_bytes"] = int(m.group(1))
+    return h
+
+
+def children_cpu() -> float:
+    """CPU of our reaped children so far (h2load runs to completion under us)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def grpc_unary(ctx: Ctx, t: Target, peer: subprocess.Popen, body: Path) -> dict:
+    """h2load POSTing one length-prefixed message to /demo.Echo/Unary over h2c."""
+    a = ctx.args
+    message_len = body.stat().st_size
+    run_grpc_h2load(ctx, t.port, body, a.case_warmup)
+    pids = {"proxy": t.proc.pid if t.proc else None, "peer": peer.pid}
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+    client0 = children_cpu()
+    t0 = time.monotonic()
+    h = run_grpc_h2load(ctx, t.port, body, a.case_duration)
+    wall = time.monotonic() - t0
+    client = children_cpu() - client0
+    cpu1 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+    if h["protocol"] != "h2c":
+        raise BenchError(f"h2load negotiated {h['protocol']!r}, not h2c")
+    n = h["requests"]
+    # every answered call carries exactly one echoed message (5-byte prefix + payload);
+    # a gRPC error (a trailers-only 200) carries none, and h2load counts it a success
+    echoed = h["data_bytes"] // message_len
+    cut = a.h2_clients * a.h2_streams
+    out = {
+        "calls_per_s": h["rps"],
+        "calls": n,
+        "unary_mean_ms": h["mean_ms"],
+        "unary_max_ms": h["max_ms"],
+        "unary_echoed": echoed,
+        "unary_cut": h["failed"],
+        "unary_peer_cpu_util": (cpu1["peer"] - cpu0["peer"]) / wall,
+        "unary_client_cpu_util": client / wall,
+        "unary_errors": max(0, h["failed"] - cut) + h["timeout"] + h["non_2xx"] + max(0, n - echoed),
+    }
+    if "proxy" in cpu0:
+        cpu = cpu1["proxy"] - cpu0["proxy"]
+        out.update({"unary_cpu_s": cpu, "cpu_us_per_call": cpu / n * 1e6 if n else float("nan"),
+                    "unary_cpu_util": cpu / wall})
+    return out
+
+
+def grpc_bidi(ctx: Ctx, t: Target, peer: subprocess.Popen) -> dict:
+    """bench/grpcload.py load: --grpc-calls bidi calls ping-ponging one message each."""
+    a = ctx.args
+    log = ctx.work / f"grpcload-{re.sub(r'[^a-z0-9]+', '-', t.name.lower()).strip('-')}.log"
+    argv = [sys.executable, str(BENCH / "grpcload.py"), "--port", str(t.port), "load",
+            "-n", str(a.grpc_calls), "--channels", str(grpc_channels(a)), "--size", str(a.grpc_size),
+            "--warmup", f"{a.case_warmup:g}", "--duration", f"{a.case_duration:g}"]
+    if ctx.load_cpu is not None:
+        argv = ["taskset", "-c", ctx.load_cpu] + argv
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                start_new_session=True)
+    _children.append(proc)
+    reader = LineReader(proc, f"the gRPC client (bidi through {t.name})", log)
+    try:
+        reader.expect(f"ready {a.grpc_calls}", 60)
+        reader.expect("measure", a.case_warmup + 30)
+        pids = {"proxy": t.proc.pid if t.proc else None, "peer": peer.pid, "client": proc.pid}
+        cpu0 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        t0 = time.monotonic()
+        reader.expect("stop", a.case_duration + 30)
+        cpu1 = {k: cpu_seconds(p) for k, p in pids.items() if p}
+        wall = time.monotonic() - t0
+        line = reader.expect("result ", 60)
+        proc.wait(10)
+    finally:
+        stop(proc)
+    r = json.loads(line[len("result "):])
+    rate, n = r["rate"], r["messages"]
+    if not n:
+        raise BenchError(f"no gRPC message came back through {t.name} (first error: {r['first_error']})")
+    out = {
+        "msgs_per_s": rate,
+        "messages": n,
+        # Little's law: calls x 1 message in flight / throughput
+        "bidi_rtt_ms": a.grpc_calls / rate * 1e3,
+        "bidi_peer_cpu_util": (cpu1["peer"] - cpu0["peer"]) / wall,
+        "bidi_client_cpu_util": (cpu1["client"] - cpu0["client"]) / wall,
+        "bidi_errors": r["errors"],
+        "bidi_first_error": r["first_error"],
+    }
+    if "proxy" in cpu0:
+        cpu = cpu1["proxy"] - cpu0["proxy"]
+        out.update({"bidi_cpu_s": cpu, "cpu_us_per_msg": cpu / n * 1e6, "bidi_cpu_util": cpu / wall})
+    return out
+
+
+def grpc_channels(a) -> int:
+    """Channels (HTTP/2 connections) for the bidi calls: at most 100 calls on each, below
+    both proxies' 128 concurrent streams per connection."""
+    return max(1, -(-a.grpc_calls // 100))
+
+
+def case_grpc(ctx: Ctx) -> Tuple[str, List[Target]]:
+    a = ctx.args
+    w = ctx.work
+    payload = grpc_payload(a.grpc_size)
+    body = w / "grpc-unary.bin"   # one gRPC message: uncompressed flag, 4-byte length, payload
+    body.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)
+    peer_port, = free_ports(1)
+    peer_log = w / "grpcecho.log"
+    peer_argv = [sys.executable, str(BENCH / "grpcecho.py"), "--port", str(peer_port)]
+    peer = spawn(peer_argv, peer_log, ctx.load_cpu)
+    notes = []
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            why = grpc_check(peer_port)
+            if why is None:
+                break
+            if peer.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the gRPC echo peer does not answer on 127.0.0.1:{peer_port}: {why}\n"
+                                 f"Last lines of {peer_log}:\n{log_tail(peer_log)}")
+            time.sleep(0.2)
+        print(f"bench: grpc: echo peer (bench/grpcecho.py, grpc.aio) on 127.0.0.1:{peer_port}")
+
+        keepalive = max(a.keepalive, a.h2_clients * a.h2_streams, a.grpc_calls)
+        direct = Target("direct (no proxy)", "direct", peer_port, peer_argv, peer_log)
+        ports = free_ports(3)
+        conf = w / "nginx-grpc.conf"
+        conf.write_text(nginx_grpc_conf(ctx, ports[0], peer_port, keepalive))
+        targets = [direct, Target("nginx", "nginx", ports[0],
+                                  [ctx.nginx_bin, "-p", str(w), "-e", str(w / "nginx-grpc-error.log"),
+                                   "-c", str(conf)], w / "nginx-grpc.log")]
+        if ctx.reactors and "asyncio" not in ctx.reactors:
+            notes.append("the gateway is left out: gRPC needs its asyncio reactor (it refuses --reactor=epoll "
+                         "with grpc_pass or grpc_servers), and --reactors has no asyncio")
+        elif ctx.reactors:
+            for front_door, name, port in ((False, "gateway (grpc_pass)", ports[1]),
+                                           (True, "gateway (grpc_servers)", ports[2])):
+                if front_door and a.workers != 1:
+                    notes.append("gateway (grpc_servers) is left out: the front door needs workers = 1")
+                    continue
+                conf = w / f"gateway-grpc-{'front-door' if front_door else 'location'}.toml"
+                conf.write_text(gateway_grpc_toml(ctx, port, peer_port, front_door))
+                log = w / f"gateway-grpc-{'front-door' if front_door else 'location'}.log"
+                targets.append(Target(name, "gateway", port,
+                                      [str(ctx.twistd), "-n", "--pidfile=", "gateway", "-c", str(conf)], log))
+        for t in targets:
+            t.best_key = "calls_per_s"
+        for note in notes:
+            print(f"bench: grpc: {note}")
+
+        def probe(t: Target) -> Optional[str]:
+            return grpc_check(t.port)
+
+        def measure_one(t: Target, rnd: int) -> dict:
+            r = grpc_unary(ctx, t, peer, body)
+            r.update(grpc_bidi(ctx, t, peer))
+            if peer.poll() is not None:
+                raise BenchError(f"the gRPC echo peer died (status {peer.returncode}):\n{log_tail(peer_log)}")
+            # status OK, unary and bidi, after the load too
+            why = grpc_check(t.port)
+            if why is not None:
+                raise BenchError(f"after the load, a gRPC call through {t.name} failed: {why}")
+            return r
+
+        def describe(r: dict) -> str:
+            unary = (f"{r['cpu_us_per_call']:.1f} us CPU/call  proxy CPU {r['unary_cpu_util'] * 100:.0f}%  "
+                     if "unary_cpu_s" in r else "")
+            bidi = (f"{r['cpu_us_per_msg']:.1f} us CPU/msg  proxy CPU {r['bidi_cpu_util'] * 100:.0f}%  "
+                    if "bidi_cpu_s" in r else "")
+            return (f"unary {r['calls_per_s']:>8,.0f} calls/s  mean {r['unary_mean_ms']:.2f} ms  {unary}"
+                    f"peer CPU {r['unary_peer_cpu_util'] * 100:.0f}%  h2load CPU {r['unary_client_cpu_util'] * 100:.0f}%  "
+                    f"errors {r['unary_errors']} [{r['unary_cut']} calls cut at the end]\n"
+                    f"{'':>{len('bench: grpc round 1 ') + 18}} bidi  {r['msgs_per_s']:>8,.0f} msgs/s   "
+                    f"mean RTT {r['bidi_rtt_ms']:.2f} ms  {bidi}peer CPU {r['bidi_peer_cpu_util'] * 100:.0f}%  "
+                    f"client CPU {r['bidi_client_cpu_util'] * 100:.0f}%  errors {r['bidi_errors']}"
+                    f"{' (' + r['bidi_first_error'] + ')' if r['bidi_first_error'] else ''}")
+
+        run_case(ctx, "grpc", targets, probe, measure_one, describe)
+    finally:
+        stop(peer)
+
+    nginx = next((t for t in targets if t.kind == "nginx" and t.runs), None)
+
+    def best(t: Target, key: str) -> Optional[dict]:
+        return max(t.runs, key=lambda r: r[key]) if t.runs else None
+
+    head = ["target", "calls/s", "mean ms", "max ms", "CPU us/call", "proxy CPU", "peer CPU", "h2load CPU",
+            "vs nginx", "CPU/call vs nginx", "errors"]
+    rows = []
+    n = best(nginx, "calls_per_s") if nginx else None
+    for t in targets:
+        b = best(t, "calls_per_s")
+        if b is None:
+            rows.append([t.name, "FAILED"] + ["-"] * (len(head) - 2))
+            continue
+        other = n is not None and t.kind == "gateway"
+        proxied = "unary_cpu_s" in b
+        rows.append([t.name, f"{b['calls_per_s']:,.0f}", f"{b['unary_mean_ms']:.2f}", f"{b['unary_max_ms']:.2f}",
+                     f"{b['cpu_us_per_call']:.1f}" if proxied else "-",
+                     f"{b['unary_cpu_util'] * 100:.0f}%" if proxied else "-",
+                     f"{b['unary_peer_cpu_util'] * 100:.0f}%", f"{b['unary_client_cpu_util'] * 100:.0f}%",
+                     ratio(b["calls_per_s"], n["calls_per_s"]) if other else "-",
+                     ratio(b["cpu_us_per_call"], n["cpu_us_per_call"], 1) if other and proxied else "-",
+                     str(b["unary_errors"])])
+    pin = pinning_note(ctx)
+    unary_title = (f"grpc unary: h2load -c{a.h2_clients} -m{a.h2_streams} -t{a.h2_threads} -D{a.case_duration:g}s "
+                   f"h2c, POST {GRPC_UNARY} with one {a.grpc_size}-byte message (after a {a.case_warmup:g}s "
+                   f"warm-up), best of {a.case_rounds} round(s); {pin}")
+    print_rows(unary_title, head, rows,
+               [f"{t.name}: calls/s per round " + ", ".join(f"{r['calls_per_s']:,.0f}" for r in t.runs)
+                for t in targets if t.runs])
+
+    head = ["target", "msgs/s", "mean RTT ms", "CPU us/msg", "proxy CPU", "peer CPU", "client CPU",
+            "vs nginx", "CPU/msg vs nginx", "errors"]
+    rows = []
+    n = best(nginx, "msgs_per_s") if nginx else None
+    for t in targets:
+        b = best(t, "msgs_per_s")
+        if b is None:
+            rows.append([t.name, "FAILED"] + ["-"] * (len(head) - 2))
+            continue
+        other = n is not None and t.kind == "gateway"
+        proxied = "bidi_cpu_s" in b
+        rows.append([t.name, f"{b['msgs_per_s']:,.0f}", f"{b['bidi_rtt_ms']:.2f}",
+                     f"{b['cpu_us_per_msg']:.1f}" if proxied else "-",
+                     f"{b['bidi_cpu_util'] * 100:.0f}%" if proxied else "-",
+                     f"{b['bidi_peer_cpu_util'] * 100:.0f}%", f"{b['bidi_client_cpu_util'] * 100:.0f}%",
+                     ratio(b["msgs_per_s"], n["msgs_per_s"]) if other else "-",
+                     ratio(b["cpu_us_per_msg"], n["cpu_us_per_msg"], 1) if other and proxied else "-",
+                     str(b["bidi_errors"])])
+    bidi_title = (f"grpc bidi: {a.grpc_calls} bidi calls (/demo.Echo/Bidi) on {grpc_channels(a)} connection(s), "
+                  f"1 message of {a.grpc_size} bytes in flight on each, {a.case_duration:g}s (after a "
+                  f"{a.case_warmup:g}s warm-up), best of {a.case_rounds} round(s); {pin}")
+    print_rows(bidi_title, head, rows,
+               [f"{t.name}: msgs/s per round " + ", ".join(f"{r['msgs_per_s']:,.0f}" for r in t.runs)
+                for t in targets if t.runs] + notes)
+    return f"{unary_title}\n{bidi_title}", targets
+
+
 # -- the [gateway] workers hook ---------------------------------------------------------------
 
 def check_gateway_workers(ctx: Ctx) -> None:
@@ -1169,21 +1587,25 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2,
                    help="http1: alternating rounds; the best is reported (default 2)")
     p.add_argument("--case-duration", type=float, default=5,
-                   help="https, h2, h2c, ws: measured seconds per run (default 5)")
+                   help="every case but http1: measured seconds per run (default 5)")
     p.add_argument("--case-warmup", type=float, default=2,
-                   help="https, h2, h2c, ws: warm-up seconds before each run (default 2)")
+                   help="every case but http1: warm-up seconds before each run (default 2)")
     p.add_argument("--case-rounds", type=int, default=1,
-                   help="https, h2, h2c, ws: alternating rounds; the best is reported (default 1)")
-    p.add_argument("--connections", "-c", type=int, default=50, help="http1, https: wrk connections")
-    p.add_argument("--threads", "-t", type=int, default=2, help="http1, https: wrk threads")
+                   help="every case but http1: alternating rounds; the best is reported (default 1)")
+    p.add_argument("--connections", "-c", type=int, default=50, help="http1, http1-w2, https: wrk connections")
+    p.add_argument("--threads", "-t", type=int, default=2, help="http1, http1-w2, https: wrk threads")
     p.add_argument("--keepalive", type=int, default=64,
                    help="upstream keepalive (idle pool size per group) for both proxies; default 64 so the "
                         "pool covers the 50 concurrent requests (with 32 nginx opened 2-4%% of its upstream "
                         "connections anew); h2 and h2c use at least clients x streams")
-    p.add_argument("--h2-clients", type=int, default=10, help="h2, h2c: h2load connections (-c, default 10)")
+    p.add_argument("--h2-clients", type=int, default=10,
+                   help="h2, h2c, grpc unary: h2load connections (-c, default 10)")
     p.add_argument("--h2-streams", type=int, default=10,
-                   help="h2, h2c: h2load concurrent streams per connection (-m, default 10)")
-    p.add_argument("--h2-threads", type=int, default=1, help="h2, h2c: h2load threads (-t, default 1)")
+                   help="h2, h2c, grpc unary: h2load concurrent streams per connection (-m, default 10)")
+    p.add_argument("--h2-threads", type=int, default=1, help="h2, h2c, grpc unary: h2load threads (-t, default 1)")
+    p.add_argument("--grpc-calls", type=int, default=50,
+                   help="grpc bidi: concurrent bidi calls, one message in flight on each (default 50)")
+    p.add_argument("--grpc-size", type=int, default=64, help="grpc: message payload bytes (default 64)")
     p.add_argument("--ws-connections", type=int, default=200, help="ws: concurrent tunnels under load (default 200)")
     p.add_argument("--ws-depth", type=int, default=1,
                    help="ws: messages in flight per tunnel (default 1: each message is its own read and "
@@ -1213,6 +1635,8 @@ def main(argv=None) -> int:
         p.error(f"--cases: unknown case(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(CASES)}")
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if args.grpc_calls < 1 or args.grpc_size < 1:
+        p.error("--grpc-calls and --grpc-size must be at least 1")
     args.cases = ",".join(c for c in CASES if c in cases)
 
     sys.stdout.reconfigure(line_buffering=True)
@@ -1233,18 +1657,20 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
     cases = args.cases.split(",")
-    tools = ["nginx"] + (["wrk"] if {"http1", "https"} & set(cases) else []) + \
-        (["h2load"] if {"h2", "h2c"} & set(cases) else [])
+    tools = ["nginx"] + (["wrk"] if {"http1", "http1-w2", "https"} & set(cases) else []) + \
+        (["h2load"] if {"h2", "h2c", "grpc"} & set(cases) else [])
     for tool in tools:
         if shutil.which(tool) is None and not (tool == "nginx" and Path("/usr/sbin/nginx").exists()):
             package = {"nginx": "nginx-light", "h2load": "nghttp2-client"}.get(tool, tool)
             raise BenchError(f"{tool} not found; install it (apt-get install {package}) or run bench/run.sh")
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
     needed = (["http_ssl_module"] if {"https", "h2"} & set(cases) else []) + \
-        (["http_v2_module"] if {"h2", "h2c"} & set(cases) else [])
-    if needed:
+        (["http_v2_module"] if {"h2", "h2c", "grpc"} & set(cases) else [])
+    if needed or "grpc" in cases:
         built = subprocess.run([nginx_bin, "-V"], capture_output=True, text=True, timeout=30).stderr
         lacking = [m for m in needed if f"--with-{m}" not in built]
+        if "grpc" in cases and "--without-http_grpc_module" in built:   # built in unless left out
+            lacking.append("http_grpc_module")
         if lacking:
             raise BenchError(f"{nginx_bin} was built without {', '.join(lacking)}, which the "
                              f"{args.cases} case(s) need; install Debian's nginx package, or leave those cases out")
@@ -1308,7 +1734,11 @@ def _run(args) -> int:
         if case == "http1":
             continue
         print(f"bench: --- case {case} ---")
-        if case == "https":
+        if case == "http1-w2":
+            others[case] = case_http1_w2(ctx)
+        elif case == "grpc":
+            others[case] = case_grpc(ctx)
+        elif case == "https":
             others[case] = case_https(ctx)
         elif case in ("h2", "h2c"):
             others[case] = case_h2(ctx, case)
@@ -1350,24 +1780,35 @@ def _run(args) -> int:
 
 def print_summary(http1: List[Target], others: Dict[str, Tuple[str, List[Target]]]) -> None:
     """One line per gateway variant and case: throughput and CPU cost against nginx."""
-    print("bench: summary, gateway against nginx in the same run (throughput ratio; CPU per request or "
-          "message ratio; for ws also memory per idle tunnel ratio)")
+    print("bench: summary, gateway against nginx in the same run (throughput ratio; CPU per request, "
+          "call or message ratio; for ws also memory per idle tunnel ratio)")
     cases = ([("http1", http1)] if http1 else []) + [(c, ts) for c, (_, ts) in others.items()]
+    cw = max([6] + [len(c) for c, _ in cases])
+    nw = max([18] + [len(t.name) for _, ts in cases for t in ts if t.kind == "gateway"])
     for case, ts in cases:
         nginx = next((t for t in ts if t.kind == "nginx" and t.best), None)
         for t in ts:
             if t.kind != "gateway":
                 continue
             if t.best is None or nginx is None:
-                print(f"  {case:<6} {t.name:<18} {'FAILED' if t.best is None else 'no nginx result'}")
+                print(f"  {case:<{cw}} {t.name:<{nw}} {'FAILED' if t.best is None else 'no nginx result'}")
                 continue
             b, n = t.best, nginx.best
             if case == "ws":
                 mem = ratio(t.extra.get("kib_per_tunnel", float("nan")), nginx.extra.get("kib_per_tunnel"), 1)
-                print(f"  {case:<6} {t.name:<18} {ratio(b['msgs_per_s'], n['msgs_per_s']):>6} msgs/s   "
+                print(f"  {case:<{cw}} {t.name:<{nw}} {ratio(b['msgs_per_s'], n['msgs_per_s']):>6} msgs/s   "
                       f"{ratio(b['cpu_us_per_msg'], n['cpu_us_per_msg'], 1):>6} CPU/msg   {mem:>6} KiB/idle tunnel")
+            elif case == "grpc":
+                u = max(t.runs, key=lambda r: r["calls_per_s"])
+                nu = max(nginx.runs, key=lambda r: r["calls_per_s"])
+                m = max(t.runs, key=lambda r: r["msgs_per_s"])
+                nm = max(nginx.runs, key=lambda r: r["msgs_per_s"])
+                print(f"  {case:<{cw}} {t.name:<{nw}} {ratio(u['calls_per_s'], nu['calls_per_s']):>6} calls/s  "
+                      f"{ratio(u['cpu_us_per_call'], nu['cpu_us_per_call'], 1):>6} CPU/call (unary)")
+                print(f"  {case:<{cw}} {t.name:<{nw}} {ratio(m['msgs_per_s'], nm['msgs_per_s']):>6} msgs/s   "
+                      f"{ratio(m['cpu_us_per_msg'], nm['cpu_us_per_msg'], 1):>6} CPU/msg  (bidi)")
             else:
-                print(f"  {case:<6} {t.name:<18} {ratio(b['rps'], n['rps']):>6} req/s    "
+                print(f"  {case:<{cw}} {t.name:<{nw}} {ratio(b['rps'], n['rps']):>6} req/s    "
                       f"{ratio(b['cpu_us_per_req'], n['cpu_us_per_req'], 1):>6} CPU/req")
     print()
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Entry point of `make bench`: the gateway (asyncio and epoll reactors) against nginx.
 # Installs nginx, wrk and h2load (nghttp2-client) if missing, then runs bench/bench.py with
-# the project venv. Extra arguments go to bench.py (e.g. `bench/run.sh --no-gateway`,
-# `--cases ws`, `--duration 5`, `--help`).
+# the project venv (the grpc case's peer and client use its grpcio). Extra arguments go to
+# bench.py (e.g. `bench/run.sh --no-gateway`, `--cases ws`, `--duration 5`, `--help`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)   # the h2 and h2c cases
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)   # the h2, h2c and grpc cases
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "bench: ${missing[*]} missing; install as root: apt-get install -y ${missing[*]}" >&2

@@ -371,6 +371,16 @@ class H2Protocol(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
+        # HTTP/2 writes a response in several pieces (HEADERS, DATA, trailers) as they
+        # come from the upstream; with Nagle's algorithm a piece after the first waits
+        # for the client's delayed ACK (about 40 ms per gRPC call). nginx sets
+        # TCP_NODELAY on every HTTP/2 connection (tcp_nodelay on, the default).
+        set_nodelay = getattr(transport, "setTcpNoDelay", None)   # TLS forwards it
+        if set_nodelay is not None:
+            try:
+                set_nodelay(True)
+            except OSError:
+                pass            # a unix socket has no Nagle to turn off
         peer, host = transport.getPeer(), transport.getHost()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             remote_addr, remote_port = peer.host, peer.port

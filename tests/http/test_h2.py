@@ -239,6 +239,27 @@ def head(status: int, *headers) -> tuple:
 # -- requests become exchanges ---------------------------------------------------------
 
 
+def test_tcp_nodelay_is_set_on_the_connection_as_nginx_does():
+    # HEADERS, DATA and trailers leave as separate writes; with Nagle each piece after
+    # the first would wait for the client's delayed ACK (40 ms per gRPC call)
+    class TCPTransport(CountingTransport):
+        nodelay = False
+
+        def setTcpNoDelay(self, enabled):
+            self.nodelay = enabled
+
+    factory = H2Factory(Clock(), Deadlines(Clock()), Selector(), lambda exchange: None)
+    transport = TCPTransport()
+    factory.buildProtocol(None).makeConnection(transport)
+    assert transport.nodelay is True
+
+    class UnixTransport(CountingTransport):
+        def setTcpNoDelay(self, enabled):
+            raise OSError(95, "Operation not supported")
+
+    factory.buildProtocol(None).makeConnection(UnixTransport())   # no error
+
+
 def test_get_becomes_an_exchange_and_gets_its_response():
     """A GET is an exchange like HTTP/1.1's, with version "2.0", Host from :authority
     and the target normalised; the response arrives as HEADERS, DATA with END_STREAM."""
