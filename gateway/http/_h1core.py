@@ -104,10 +104,10 @@ CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # The request headers the parser itself acts on, by lower-cased name. Only names of
 # these lengths are lower-cased and looked up, so other headers cost one set lookup.
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT = range(4)
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _UPGRADE = range(5)
 _FRAMING_HEADERS = {
     b"host": _HOST, b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING, b"expect": _EXPECT,
+    b"transfer-encoding": _TRANSFER_ENCODING, b"expect": _EXPECT, b"upgrade": _UPGRADE,
 }
 _FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING_HEADERS)
 
@@ -205,6 +205,7 @@ class RequestParser:
         self._content_length: Optional[bytes] = None
         self._transfer_encoding: Optional[bytes] = None
         self._expect = False
+        self._upgrade = False
 
     def on_url(self, piece: bytes) -> None:
         url = self._url = self._url + piece
@@ -239,6 +240,8 @@ class RequestParser:
                 self._transfer_encoding = value
             elif kind == _EXPECT:
                 self._expect = value.lower() == b"100-continue"
+            elif kind == _UPGRADE:
+                self._upgrade = True
 
     def _trailer(self, name: bytes, value: bytes, size: int) -> None:
         """A field of a chunked body's trailer section (nginx drops these; the
@@ -318,6 +321,7 @@ class RequestParser:
         self._body_limit = limit
         head.keep_alive = parser.should_keep_alive()
         head.expect_continue = self._expect and version == "1.1"
+        head.may_upgrade = self._upgrade
         length = len(self._url) + len(method) + 12 + self._header_bytes
         self.events.append(_request_started((head, server, length)))
 

@@ -73,6 +73,9 @@ class RequestHead:
     chunked: bool = False
     keep_alive: bool = True
     expect_continue: bool = False
+    #: False when the request certainly has no ``Upgrade`` header (the HTTP/1.1
+    #: parser knows), so asking for a tunnel costs no header scan
+    may_upgrade: bool = True
 
     def header(self, name: bytes) -> Optional[bytes]:
         """The first value of header ``name`` (lower-case bytes), or None."""

@@ -112,18 +112,17 @@ def requested_upgrade(exchange) -> Optional[bytes]:
     """The protocol(s) the client asks to switch to, as its ``Upgrade`` value; None
     when it asks for nothing.
 
-    An exchange may say so itself with an ``upgrade_protocol`` attribute (an HTTP/2
-    extended CONNECT carries ``:protocol``). On HTTP/1.1 it is the ``Upgrade`` header
+    An exchange of another version may say so itself with an ``upgrade_protocol``
+    attribute (an HTTP/2 extended CONNECT carries ``:protocol``). On HTTP/1.1 it is the ``Upgrade`` header
     of a 1.1 request that also lists ``upgrade`` in ``Connection`` (RFC 9110 §7.8: a
     server ignores an Upgrade without it, and in HTTP/1.0) — exactly when llhttp stops
     parsing after the head, so the connection can be taken over.
     """
-    protocol = getattr(exchange, "upgrade_protocol", None)
-    if protocol is not None:
-        return protocol
     request = exchange.request
     if request.version != "1.1":
-        return None
+        return getattr(exchange, "upgrade_protocol", None)
+    if not request.may_upgrade:
+        return None         # the usual case: the parser saw no Upgrade header
     values = request.header_values(b"upgrade")
     if not values or b"upgrade" not in connection_tokens(request.headers):
         return None

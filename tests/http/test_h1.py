@@ -677,3 +677,17 @@ def test_upgrade_taken_over_gets_following_bytes():
     c.protocol.connectionLost(None)
     assert received == [b"raw1", b"raw2", "lost"]
     assert c.done[0].status == 101
+
+
+def test_the_parser_says_whether_an_upgrade_header_may_be_present():
+    from gateway.http.tunnel import requested_upgrade
+
+    c = Connection()
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n")
+    assert c.exchanges[0].request.may_upgrade is False
+    assert requested_upgrade(c.exchanges[0]) is None
+
+    c = Connection()
+    c.send(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n")
+    assert c.exchanges[0].request.may_upgrade is True
+    assert requested_upgrade(c.exchanges[0]) == b"websocket"
