@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol
 
+from twisted.internet.address import IPv4Address, IPv6Address
+
 Headers = list  # list[tuple[bytes, bytes]]: names as received (case kept), values raw
 
 
@@ -49,6 +51,23 @@ class ConnectionInfo:
     #: ``cipher``, ``server_name``, ``client_s_dn``, ``client_verify``), read lazily
     #: from the connection since the handshake ends after the connection is accepted
     tls: Optional[object] = None
+
+    @classmethod
+    def of(cls, transport, scheme: str, listener: str,
+           tls: Optional[object] = None) -> "ConnectionInfo":
+        """The addresses of an accepted ``transport`` (IPv4/IPv6, or ``"unix:"`` and
+        port 0 for unix sockets); ``scheme`` becomes ``"https"`` when ``tls`` is set."""
+        peer, host = transport.getPeer(), transport.getHost()
+        if isinstance(peer, (IPv4Address, IPv6Address)):
+            remote_addr, remote_port = peer.host, peer.port
+        else:
+            remote_addr, remote_port = "unix:", 0
+        if isinstance(host, (IPv4Address, IPv6Address)):
+            server_addr, server_port = host.host, host.port
+        else:
+            server_addr, server_port = "unix:", 0
+        return cls(remote_addr, remote_port, server_addr, server_port,
+                   "https" if tls is not None else scheme, listener, tls=tls)
 
 
 @dataclass

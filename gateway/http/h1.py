@@ -28,7 +28,6 @@ from email.utils import formatdate
 from typing import Callable, Optional
 
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
@@ -402,19 +401,8 @@ class HTTP11Protocol(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        peer, host = transport.getPeer(), transport.getHost()
-        if isinstance(peer, (IPv4Address, IPv6Address)):
-            remote_addr, remote_port = peer.host, peer.port
-        else:
-            remote_addr, remote_port = "unix:", 0
-        if isinstance(host, (IPv4Address, IPv6Address)):
-            server_addr, server_port = host.host, host.port
-        else:
-            server_addr, server_port = "unix:", 0
-        tls = connection_tls_info(transport)
-        self.info = ConnectionInfo(remote_addr, remote_port, server_addr, server_port,
-                                   "https" if tls is not None else self.factory.scheme,
-                                   self.factory.listener, tls=tls)
+        self.info = ConnectionInfo.of(transport, self.factory.scheme,
+                                      self.factory.listener, connection_tls_info(transport))
         now = self.clock.seconds()
         self._idle_since = self._last_read = now
         # nginx counts the first request's client_header_timeout from the accept

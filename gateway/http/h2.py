@@ -50,7 +50,6 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from hyperframe.frame import GoAwayFrame
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -381,19 +380,8 @@ class H2Protocol(Protocol):
                 set_nodelay(True)
             except OSError:
                 pass            # a unix socket has no Nagle to turn off
-        peer, host = transport.getPeer(), transport.getHost()
-        if isinstance(peer, (IPv4Address, IPv6Address)):
-            remote_addr, remote_port = peer.host, peer.port
-        else:
-            remote_addr, remote_port = "unix:", 0
-        if isinstance(host, (IPv4Address, IPv6Address)):
-            server_addr, server_port = host.host, host.port
-        else:
-            server_addr, server_port = "unix:", 0
-        tls = connection_tls_info(transport)
-        self.info = ConnectionInfo(remote_addr, remote_port, server_addr, server_port,
-                                   "https" if tls is not None else self.factory.scheme,
-                                   self.factory.listener, tls=tls)
+        self.info = ConnectionInfo.of(transport, self.factory.scheme,
+                                      self.factory.listener, connection_tls_info(transport))
         now = self.clock.seconds()
         self._idle_since = now
         self.factory.connections.add(self)
