@@ -40,6 +40,7 @@ the handshake and relaying the 101 head are the proxy handler's
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Optional, Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IPushProducer
@@ -113,10 +114,11 @@ def requested_upgrade(exchange) -> Optional[bytes]:
     when it asks for nothing.
 
     An exchange of another version may say so itself with an ``upgrade_protocol``
-    attribute (an HTTP/2 extended CONNECT carries ``:protocol``). On HTTP/1.1 it is the ``Upgrade`` header
-    of a 1.1 request that also lists ``upgrade`` in ``Connection`` (RFC 9110 §7.8: a
-    server ignores an Upgrade without it, and in HTTP/1.0) — exactly when llhttp stops
-    parsing after the head, so the connection can be taken over.
+    attribute (an HTTP/2 extended CONNECT carries ``:protocol``). On HTTP/1.1 it is the
+    ``Upgrade`` header of a 1.1 request that also lists ``upgrade`` in ``Connection``
+    (RFC 9110 §7.8: a server ignores an Upgrade without it, and in HTTP/1.0) — exactly
+    when llhttp stops parsing after the head, so the connection can be taken over. An
+    Upgrade naming ``h2c`` is never a tunnel (see below).
     """
     request = exchange.request
     if request.version != "1.1":
@@ -127,7 +129,15 @@ def requested_upgrade(exchange) -> Optional[bytes]:
     if not values or b"upgrade" not in connection_tokens(request.headers):
         return None
     value = b", ".join(value.strip() for value in values)
+    if _H2C.search(value):
+        # "h2c smuggling": a tunnel that speaks HTTP/2 to the peer would carry requests
+        # for any path past this location's access rules; such a request is proxied as
+        # an ordinary one (without Upgrade), as with proxy_websocket = false
+        return None
     return value or None
+
+
+_H2C = re.compile(rb"(?:^|,)\s*h2c\s*(?:,|$)", re.IGNORECASE)
 
 
 def downstream_end(exchange) -> DownstreamEnd:

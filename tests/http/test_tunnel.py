@@ -268,6 +268,10 @@ def exchange(headers, version="1.1", **extra):
     ([(b"Connection", b"keep-alive"), (b"Upgrade", b"websocket")], "1.1", None),
     ([(b"Connection", b"upgrade")], "1.1", None),                     # no Upgrade
     ([(b"Connection", b"upgrade"), (b"Upgrade", b"websocket")], "1.0", None),
+    # h2c smuggling: never a tunnel, whatever else is listed
+    ([(b"Connection", b"Upgrade, HTTP2-Settings"), (b"Upgrade", b"h2c")], "1.1", None),
+    ([(b"Connection", b"upgrade"), (b"Upgrade", b"websocket, H2C")], "1.1", None),
+    ([(b"Connection", b"upgrade"), (b"Upgrade", b"h2cx")], "1.1", b"h2cx"),
 ])
 def test_requested_upgrade(headers, version, expected):
     assert requested_upgrade(exchange(headers, version)) == expected

@@ -463,6 +463,25 @@ class NoTunnel(unittest.TestCase):
         peer = service.manager.group("app").peers[0]
         self.assertEqual((peer.conns, peer.failures), (0, 1))   # invalid_header
 
+    async def test_an_h2c_upgrade_is_proxied_as_an_ordinary_request(self):
+        """Upgrade: h2c would give the client an HTTP/2 channel to the peer past the
+        location's access rules ("h2c smuggling"): it goes without Upgrade, and a 101
+        the peer sends anyway is a 502."""
+        backends = start_backends(self, "plain")
+        _, port = await start_gateway(self, config(), backends)
+        h2c = (b"GET /line HTTP/1.1\r\nHost: localhost\r\n"
+               b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+               b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        client, (response,) = await request(port, h2c)
+        self.assertEqual((response.status, response.body), (200, b"plain"))
+        self.assertNotIn("upgrade", backends[0].requests[0].headers)
+        self.assertNotIn("http2-settings", backends[0].requests[0].headers)
+        line = start_line_backend(self, after_101=b"SECRET")
+        _, port = await start_gateway(self, config(), [line])
+        client, (response,) = await request(port, h2c)
+        self.assertEqual(response.status, 502)
+        self.assertNotIn(b"SECRET", client.received)
+
     async def test_proxy_websocket_false_forwards_no_upgrade(self):
         """With proxy_websocket = false the request goes without Upgrade/Connection:
         upgrade, and a 101 the peer sends anyway is a 502."""
