@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from email.utils import formatdate
 from typing import Callable, Optional
 
-from twisted.internet import defer
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from gateway.http._serving import ServingFactory
 from gateway.http._h1core import (
     BODY_END, CONTINUE_100, BodyData, BodyEnd, Rejected, RequestParser, RequestStarted,
     RequestTrailers, Upgraded, serialize_head,
@@ -743,77 +742,9 @@ class HTTP11Protocol(Protocol):
         return self.transport
 
 
-class HTTP11Factory(ServerFactory):
-    """Builds :class:`HTTP11Protocol` connections.
-
-    ``selector`` has ``.default`` and ``.select(host)`` (``ServerSettings``);
-    ``handler(exchange)`` is called once per validated request head;
-    ``on_exchange_done(exchange)`` once per exchange when it ends (also for requests
-    the protocol refused itself), for the access log.
-    """
+class HTTP11Factory(ServingFactory):
+    """Builds :class:`HTTP11Protocol` connections (arguments, ``Date`` cache and
+    graceful shutdown: :class:`gateway.http._serving.ServingFactory`; each connection
+    stops keeping alive, ``HTTP11Protocol.graceful_shutdown``)."""
 
     protocol = HTTP11Protocol
-
-    def __init__(self, clock, deadlines, selector, handler, *, scheme: str = "http",
-                 listener: str = "", on_exchange_done=None):
-        self.clock = clock
-        self.deadlines = deadlines
-        self.selector = selector
-        self.handler = handler
-        self.scheme = scheme
-        self.listener = listener
-        self.on_exchange_done = on_exchange_done
-        #: the open connections (tunnels included), for graceful shutdown
-        self.connections: set = set()
-        self._drained: list[defer.Deferred] = []
-        self._date_second = -1
-        self._date = b""
-
-    def buildProtocol(self, addr):
-        return HTTP11Protocol(self)
-
-    def graceful_shutdown(self, timeout: Optional[float] = None) -> defer.Deferred:
-        """Every connection stops keeping alive (``HTTP11Protocol.graceful_shutdown``);
-        returns a Deferred that fires once all have closed. With ``timeout``, the
-        connections still open after that many seconds (slow responses, tunnels) are
-        aborted."""
-        for proto in list(self.connections):
-            proto.graceful_shutdown()
-        if not self.connections:
-            return defer.succeed(None)
-        drained = defer.Deferred()
-        self._drained.append(drained)
-        if timeout is not None:
-            timer = self.clock.callLater(timeout, self._force_close)
-
-            def done(result):
-                if timer.active():
-                    timer.cancel()
-                return result
-
-            drained.addBoth(done)
-        return drained
-
-    def _force_close(self) -> None:
-        for proto in list(self.connections):
-            proto.transport.abortConnection()
-
-    def _connection_closed(self, proto: HTTP11Protocol) -> None:
-        self.connections.discard(proto)
-        if not self.connections and self._drained:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
-
-    def date(self) -> bytes:
-        """The ``Date`` value, formatted at most once per clock second."""
-        second = int(self.clock.seconds())
-        if second != self._date_second:
-            return self._format_date(second)
-        return self._date
-
-    def _format_date(self, second: int) -> bytes:
-        # H1Exchange reads _date itself while _date_second is current
-        self._date_second = second
-        self._date = formatdate(second, usegmt=True).encode("ascii")
-        return self._date

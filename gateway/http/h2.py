@@ -39,7 +39,6 @@ call rescans the streams and sets the next one; events only ever bring it earlie
 """
 from __future__ import annotations
 
-from email.utils import formatdate
 from typing import Callable, Optional
 
 from h2.events import (
@@ -49,13 +48,13 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from hyperframe.frame import GoAwayFrame
-from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.http import _h2core as core
+from gateway.http._serving import ServingFactory
 from gateway.http._h2tunnel import H2TunnelEnd
 from gateway.http.errors import error_page
 from gateway.http.exchange import ConnectionInfo, RequestHead
@@ -961,67 +960,12 @@ _HANDLERS = {
 }
 
 
-class H2Factory(ServerFactory):
+class H2Factory(ServingFactory):
     """Builds :class:`H2Protocol` connections (``gateway.http.negotiate`` decides when).
 
-    The same arguments as :class:`gateway.http.h1.HTTP11Factory`. ``connections`` are
-    the live ones; :meth:`graceful_shutdown` sends each a GOAWAY and returns a Deferred
-    that fires when they have all closed (after ``timeout`` seconds the rest are
-    closed).
+    The same arguments as :class:`gateway.http.h1.HTTP11Factory`
+    (:class:`gateway.http._serving.ServingFactory`); its graceful shutdown sends each
+    connection a GOAWAY (``H2Protocol.graceful_shutdown``).
     """
 
     protocol = H2Protocol
-
-    def __init__(self, clock, deadlines, selector, handler, *, scheme: str = "http",
-                 listener: str = "", on_exchange_done=None):
-        self.clock = clock
-        self.deadlines = deadlines
-        self.selector = selector
-        self.handler = handler
-        self.scheme = scheme
-        self.listener = listener
-        self.on_exchange_done = on_exchange_done
-        self.connections: set = set()
-        self._drained: Optional[defer.Deferred] = None
-        self._date_second = -1
-        self._date = b""
-
-    def buildProtocol(self, addr):
-        return H2Protocol(self)
-
-    def date(self) -> bytes:
-        """The ``Date`` value, formatted at most once per clock second."""
-        second = int(self.clock.seconds())
-        if second != self._date_second:
-            self._date_second = second
-            self._date = formatdate(second, usegmt=True).encode("ascii")
-        return self._date
-
-    def graceful_shutdown(self, timeout: float) -> defer.Deferred:
-        """GOAWAY to every connection; fires once all closed or ``timeout`` passed."""
-        if not self.connections:
-            return defer.succeed(None)
-        self._drained = defer.Deferred()
-        for proto in list(self.connections):
-            proto.graceful_shutdown()
-        if not self.connections:
-            return defer.succeed(None)
-        timer = self.clock.callLater(timeout, self._force_close)
-        drained = self._drained
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return drained.addBoth(done)
-
-    def _force_close(self) -> None:
-        for proto in list(self.connections):
-            proto.transport.abortConnection()
-
-    def _connection_closed(self, proto: H2Protocol) -> None:
-        self.connections.discard(proto)
-        if not self.connections and self._drained is not None:
-            drained, self._drained = self._drained, None
-            drained.callback(None)

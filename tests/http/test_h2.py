@@ -725,6 +725,23 @@ def test_graceful_shutdown_finishes_running_streams_and_refuses_new_ones():
     assert fired == [None]
 
 
+def test_every_graceful_shutdown_caller_learns_when_the_connections_closed():
+    # a reload's retirement and a stop may both wait on the same factory
+    held = []
+    c = Client(held.append)
+    c.request("/running")
+    c.exchange()
+    fired = []
+    c.factory.graceful_shutdown(30.0).addCallback(lambda _: fired.append("first"))
+    c.factory.graceful_shutdown(30.0).addCallback(lambda _: fired.append("second"))
+    ok(b"done")(held[0])
+    c.proto.connectionLost(None)
+    assert fired == ["first", "second"]
+    # both timeout timers were cancelled
+    assert [call for call in c.clock.getDelayedCalls()
+            if call.func == c.factory._force_close] == []
+
+
 def test_graceful_shutdown_closes_what_is_left_after_the_timeout():
     c = Client(lambda exchange: None)
     c.request("/")
