@@ -20,13 +20,29 @@ from __future__ import annotations
 
 import errno
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 
 _RETRY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ENOBUFS})
 
 
 class _EagerWrite:
-    """Mixin for ``tcp.Server``/``tcp.Client``: ``write`` tries ``send()`` first."""
+    """Mixin for ``tcp.Server``/``tcp.Client``: ``write`` tries ``send()`` first.
+
+    ``doRead`` is ``tcp.Connection``'s (with its ``_dataReceived``) in one function,
+    compiled with this module (setup.py's hot path): it runs for every read event.
+    """
+
+    def doRead(self):
+        try:
+            data = self.socket.recv(self.bufferSize)
+        except OSError as se:
+            if se.args[0] == errno.EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
 
     def write(self, data: bytes) -> None:
         if (data and self.connected and not self.dataBuffer and not self._tempDataBuffer

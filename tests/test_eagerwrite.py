@@ -5,7 +5,7 @@ reactor, so the test sees exactly which sockets were registered for writability.
 """
 import socket
 
-from twisted.internet import error
+from twisted.internet import error, main
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
@@ -85,6 +85,47 @@ class EagerServerTests(SynchronousTestCase):
         self.assertIn(self.transport, self.reactor.getWriters())
         result = self.transport.doWrite()
         self.assertIsInstance(result, error.ConnectionLost)
+
+
+class Recorder(Protocol):
+    def __init__(self):
+        self.data = []
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+
+class EagerReadTests(SynchronousTestCase):
+    """doRead is tcp.Connection's, in one function: the same answers to the reactor."""
+
+    def setUp(self):
+        self.ours, self.peer = socket.socketpair()
+        self.ours.setblocking(False)
+        self.addCleanup(self.ours.close)
+        self.addCleanup(self.peer.close)
+        self.protocol = Recorder()
+        self.transport = EagerServer(
+            self.ours, self.protocol, ("127.0.0.1", 1234), None, 1, MemoryReactor()
+        )
+        self.protocol.makeConnection(self.transport)
+
+    def test_data_goes_to_the_protocol(self):
+        self.peer.send(b"GET / HTTP/1.1\r\n")
+        self.assertIsNone(self.transport.doRead())
+        self.assertEqual(self.protocol.data, [b"GET / HTTP/1.1\r\n"])
+
+    def test_nothing_to_read_is_not_an_event(self):
+        self.assertIsNone(self.transport.doRead())
+        self.assertEqual(self.protocol.data, [])
+
+    def test_end_of_stream_is_connection_done(self):
+        self.peer.shutdown(socket.SHUT_WR)
+        self.assertIs(self.transport.doRead(), main.CONNECTION_DONE)
+
+    def test_a_socket_error_is_connection_lost(self):
+        self.ours.close()   # recv() fails with EBADF
+        self.assertIs(self.transport.doRead(), main.CONNECTION_LOST)
+        self.assertEqual(self.protocol.data, [])
 
 
 class WrapperTests(SynchronousTestCase):

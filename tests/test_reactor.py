@@ -89,3 +89,30 @@ class GatewayReactorTests(unittest.TestCase):
         self.reactor.removeReader(self.reader)
         self.assertNotIn(self.reader, self.reactor.getReaders())
         self.assertRaises(KeyError, self.loop._selector.get_key, self.a.fileno())
+
+    def test_a_failing_read_is_logged_and_disconnects(self):
+        class Broken(_SocketReader):
+            def doRead(self):
+                raise ValueError("broken reader")
+
+            def connectionLost(self, reason):
+                self.lost = reason
+
+        reader = Broken(self.reactor, self.a)
+        self.reactor.addReader(reader)
+        self.b.send(b"x")
+        for _ in range(20):
+            if not hasattr(reader, "lost"):
+                self._run_once()
+        reader.lost.trap(ValueError)
+        self.assertNotIn(reader, self.reactor.getReaders())
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_a_reader_without_a_descriptor_is_disconnected(self):
+        lost = []
+        self.reader.connectionLost = lost.append
+        self.reactor.addReader(self.reader)
+        self.reader.fileno = lambda: -1
+        self.reactor._readOrWrite(self.reader, True)
+        self.assertEqual(len(lost), 1)
+        self.assertNotIn(self.reader, self.reactor.getReaders())
