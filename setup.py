@@ -5,7 +5,7 @@ the upstream client and manager, the access log, metrics) are compiled with Cyth
 their unchanged ``.py`` sources. Nothing in them is Cython-specific: with
 ``annotation_typing`` off, type annotations stay annotations, so the compiled modules
 behave exactly as the Python ones (same classes, same exceptions, the test suite runs
-against the compiled build) and cost about a third less CPU per request (docs/
+against the compiled build) and cost about a quarter less CPU per request (docs/
 architecture.md, "Compiled hot path", has the figures).
 
 Each extension is optional: without a C compiler (or with ``GATEWAY_PURE_PYTHON=1`` in
