@@ -260,10 +260,10 @@ class H1Exchange:
         elif not self.keep_alive or proto._closing:
             self.keep_alive = False
             connection = b"Connection: close\r\n"
-        elif http10:
-            connection = b"Connection: keep-alive\r\n"
         else:
-            connection = b""
+            # nginx's header filter: every response of a kept-alive connection says
+            # so, whatever the client's version
+            connection = b"Connection: keep-alive\r\n"
         date = None
         if self._own_date:
             factory = proto.factory

@@ -571,7 +571,8 @@ def test_http11_with_te_trailers_is_a_call_with_a_chunked_trailer_section():
     relay.sink.end(0, "", [])
     assert c.take() == (
         b"HTTP/1.1 200 OK\r\nServer: gateway\r\nDate: " + DATE + b"\r\n"
-        b"content-type: application/grpc\r\nx-a: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"content-type: application/grpc\r\nx-a: 1\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: keep-alive\r\n\r\n"
         b"9\r\n" + message(b"pong") + b"\r\n0\r\ngrpc-status: 0\r\n\r\n")
 
 

@@ -26,7 +26,8 @@ def error(status: int, reason: bytes, close: bool = True, date: bytes = DATE) ->
     page = error_page(status)
     return (b"HTTP/1.1 %d %s\r\nServer: gateway\r\nDate: %s\r\n" % (status, reason, date)
             + b"Content-Type: text/html\r\nContent-Length: %d\r\n" % len(page)
-            + (b"Connection: close\r\n" if close else b"") + b"\r\n" + page)
+            + (b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n")
+            + b"\r\n" + page)
 
 
 class Selector:
@@ -126,7 +127,8 @@ def test_chunked_response_for_http11_without_content_length():
     c = Connection(ok())
     c.send(GET)
     assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
-                        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                        b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n\r\n")
     assert not c.closed
 
 
@@ -134,7 +136,7 @@ def test_small_response_with_content_length_is_one_write():
     c = Connection(ok_length())
     c.send(GET)
     assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
-                        b"Content-Length: 5\r\n\r\nhello")
+                        b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
     assert c.transport.writes == 1
 
 
@@ -142,7 +144,7 @@ def test_response_finished_without_body_gets_content_length_zero():
     c = Connection(ok(b""))
     c.send(GET)
     assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
-                        b"Content-Length: 0\r\n\r\n")
+                        b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n")
 
 
 def test_handler_server_and_date_replace_the_gateways_own():
@@ -152,14 +154,14 @@ def test_handler_server_and_date_replace_the_gateways_own():
     c.send(GET)
     assert c.take() == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                         b"Server: upstream/1.0\r\nDate: yesterday\r\n"
-                        b"Content-Length: 0\r\n\r\n")
+                        b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n")
 
 
 def test_head_request_gets_no_body_but_keeps_content_length():
     c = Connection(ok_length())
     c.send(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
-                        b"Content-Length: 5\r\n\r\n")
+                        b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\n")
 
 
 @pytest.mark.parametrize("status, reason", [(204, b"No Content"), (304, b"Not Modified")])
@@ -170,7 +172,8 @@ def test_204_and_304_never_carry_a_body_or_framing(status, reason):
         exchange.finish()
     c = Connection(handler)
     c.send(GET)
-    assert c.take() == b"HTTP/1.1 %d %s\r\n" % (status, reason) + HEAD + b'ETag: "x"\r\n\r\n'
+    assert c.take() == (b"HTTP/1.1 %d %s\r\n" % (status, reason) + HEAD + b'ETag: "x"\r\n'
+                        b"Connection: keep-alive\r\n\r\n")
 
 
 def test_informational_response_precedes_final_response():
@@ -181,7 +184,8 @@ def test_informational_response_precedes_final_response():
     c = Connection(handler)
     c.send(GET)
     assert c.take() == (b"HTTP/1.1 103 Early Hints\r\n" + HEAD + b"Link: </a.css>\r\n\r\n"
-                        b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Length: 0\r\n\r\n")
+                        b"HTTP/1.1 200 OK\r\n" + HEAD
+                        + b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n")
 
 
 def test_handler_hop_by_hop_headers_are_dropped_and_reason_honoured():
@@ -192,7 +196,8 @@ def test_handler_hop_by_hop_headers_are_dropped_and_reason_honoured():
         exchange.finish()
     c = Connection(handler)
     c.send(GET)
-    assert c.take() == b"HTTP/1.1 200 Fine\r\n" + HEAD + b"X: 1\r\nContent-Length: 0\r\n\r\n"
+    assert c.take() == (b"HTTP/1.1 200 Fine\r\n" + HEAD + b"X: 1\r\nContent-Length: 0\r\n"
+                        b"Connection: keep-alive\r\n\r\n")
 
 
 def test_http10_response_without_length_is_close_delimited():
@@ -222,6 +227,27 @@ def test_client_connection_close_is_honoured():
     assert c.closed
 
 
+def test_http11_keepalive_response_says_so_once_and_connection_close_says_close():
+    """nginx's header filter: ``Connection: keep-alive`` on every response of a kept-alive
+    connection, HTTP/1.1 included, exactly once even when the handler passed its own
+    (hop-by-hop, dropped); ``Connection: close`` when the client asked for it."""
+    c = Connection(ok(b"hello", [(b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"),
+                                 (b"Content-Length", b"5")]))
+    c.send(GET)
+    response = c.take()
+    assert response == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
+                        b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
+    assert response.lower().count(b"\r\nconnection:") == 1
+    assert response.count(b"\r\nConnection: keep-alive\r\n") == 1
+    assert not c.closed
+    c.send(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    response = c.take()
+    assert response == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
+                        b"Content-Length: 5\r\nConnection: close\r\n\r\nhello")
+    assert response.lower().count(b"\r\nconnection:") == 1
+    assert c.closed
+
+
 def test_short_content_length_response_closes_the_connection():
     def handler(exchange):
         exchange.send_head(200, [(b"Content-Length", b"10")])
@@ -229,7 +255,9 @@ def test_short_content_length_response_closes_the_connection():
         exchange.finish()
     c = Connection(handler)
     c.send(GET)
-    assert c.take() == b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Length: 10\r\n\r\nabc"
+    # the head went out before the body fell short, so it still said keep-alive
+    assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Length: 10\r\n"
+                        b"Connection: keep-alive\r\n\r\nabc")
     assert c.closed
 
 
@@ -247,8 +275,8 @@ def test_send_error_writes_nginx_page_and_keeps_connection_for_404():
     c.send(GET)
     page = error_page(404)
     assert c.take() == (b"HTTP/1.1 404 Not Found\r\n" + HEAD + b"X-Why: gone\r\n"
-                        b"Content-Type: text/html\r\nContent-Length: %d\r\n\r\n" % len(page)
-                        + page)
+                        b"Content-Type: text/html\r\nContent-Length: %d\r\n" % len(page)
+                        + b"Connection: keep-alive\r\n\r\n" + page)
     assert not c.closed
     assert c.transport.writes == 1
     assert (c.done[0].status, c.done[0].body_bytes_sent) == (404, len(page))
@@ -269,7 +297,8 @@ def test_send_error_replaces_a_head_not_yet_written():
     c.send(GET)
     page = error_page(502)
     assert c.take() == (b"HTTP/1.1 502 Bad Gateway\r\n" + HEAD + b"Content-Type: text/html\r\n"
-                        b"Content-Length: %d\r\n\r\n" % len(page) + page)
+                        b"Content-Length: %d\r\n" % len(page)
+                        + b"Connection: keep-alive\r\n\r\n" + page)
 
 
 def test_abort_closes_without_final_chunk():
@@ -279,7 +308,8 @@ def test_abort_closes_without_final_chunk():
         exchange.abort()
     c = Connection(handler)
     c.send(GET)
-    assert c.take() == b"HTTP/1.1 200 OK\r\n" + HEAD + b"Transfer-Encoding: chunked\r\n\r\n4\r\npart\r\n"
+    assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Transfer-Encoding: chunked\r\n"
+                        b"Connection: keep-alive\r\n\r\n4\r\npart\r\n")
     assert c.closed
     assert c.done == c.exchanges
 
@@ -341,8 +371,10 @@ def test_pipelined_requests_run_one_at_a_time_and_answer_in_order():
     second.send_head(200, [(b"Content-Length", b"1")])
     second.send_body(b"2")
     second.finish()
-    assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Length: 1\r\n\r\n1"
-                        b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Length: 1\r\n\r\n2")
+    assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD
+                        + b"Content-Length: 1\r\nConnection: keep-alive\r\n\r\n1"
+                        b"HTTP/1.1 200 OK\r\n" + HEAD
+                        + b"Content-Length: 1\r\nConnection: keep-alive\r\n\r\n2")
     assert c.done == c.exchanges
 
 
@@ -363,7 +395,8 @@ def test_pipelined_input_beyond_64k_pauses_reading_until_consumed():
 def test_keepalive_requests_limit_closes_after_nth_response():
     c = Connection(ok_length(), keepalive_requests=2)
     c.send(GET)
-    assert b"Connection" not in c.take()
+    assert c.take() == (b"HTTP/1.1 200 OK\r\n" + HEAD + b"Content-Type: text/plain\r\n"
+                        b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
     c.send(GET)
     assert c.take().endswith(b"Content-Length: 5\r\nConnection: close\r\n\r\nhello")
     assert c.closed
@@ -558,10 +591,10 @@ def test_no_body_timeout_while_handler_paused_the_body():
 def test_unread_body_is_discarded_and_connection_kept():
     c = Connection(ok_length())
     c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab")
-    assert c.take().endswith(b"Content-Length: 5\r\n\r\nhello")
+    assert c.take().endswith(b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
     c.send(b"cdef" + GET)
     assert len(c.exchanges) == 2
-    assert c.take().endswith(b"Content-Length: 5\r\n\r\nhello")
+    assert c.take().endswith(b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
     assert not c.closed
 
 

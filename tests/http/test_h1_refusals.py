@@ -180,7 +180,8 @@ def test_bad_pipelined_request_is_answered_after_the_good_one():
     exchange = c.exchanges[0]
     exchange.send_head(200, [(b"Content-Length", b"0")])
     exchange.finish()
-    assert c.take().endswith(b"Content-Length: 0\r\n\r\n" + BAD_REQUEST)
+    assert c.take().endswith(b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+                             + BAD_REQUEST)
     assert c.closed
     assert [e.status for e in c.done] == [200, 400]
 

@@ -275,14 +275,15 @@ class H1ResponseTrailers(SynchronousTestCase):
         conn = Connection(respond())
         conn.send(get(b"trailers"))
         self.assertEqual(conn.take(), b"HTTP/1.1 200 OK\r\n" + HEAD
-                         + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-                         + b"0\r\nX-Checksum: abc\r\nGrpc-Status: 0\r\n\r\n")
+                         + b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+                         + b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nGrpc-Status: 0\r\n\r\n")
 
     def test_without_te_trailers_they_are_dropped(self):
         conn = Connection(respond())
         conn.send(get())
         self.assertEqual(conn.take(), b"HTTP/1.1 200 OK\r\n" + HEAD
-                         + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                         + b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+                         + b"5\r\nhello\r\n0\r\n\r\n")
 
     def test_accepts_trailers_reads_the_te_list(self):
         cases = {
@@ -305,20 +306,20 @@ class H1ResponseTrailers(SynchronousTestCase):
         conn = Connection(respond(headers=[(b"Content-Length", b"5")]))
         conn.send(get(b"trailers"))
         self.assertEqual(conn.take(), b"HTTP/1.1 200 OK\r\n" + HEAD
-                         + b"Content-Length: 5\r\n\r\nhello")
+                         + b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\nhello")
 
     def test_an_empty_body_with_trailers_is_sent_chunked(self):
         conn = Connection(respond(body=b""))
         conn.send(get(b"trailers"))
         self.assertEqual(conn.take(), b"HTTP/1.1 200 OK\r\n" + HEAD
-                         + b"Transfer-Encoding: chunked\r\n\r\n"
+                         + b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
                          + b"0\r\nX-Checksum: abc\r\nGrpc-Status: 0\r\n\r\n")
 
     def test_an_empty_body_without_te_keeps_content_length_zero(self):
         conn = Connection(respond(body=b""))
         conn.send(get())
         self.assertEqual(conn.take(), b"HTTP/1.1 200 OK\r\n" + HEAD
-                         + b"Content-Length: 0\r\n\r\n")
+                         + b"Content-Length: 0\r\nConnection: keep-alive\r\n\r\n")
 
     def test_trailer_bytes_count_in_bytes_sent(self):
         conn = Connection(respond())

@@ -62,7 +62,7 @@ class UpstreamKeepalive(unittest.TestCase):
             [(200, b"length"), (200, b"chunked"), (204, b""), (304, b""), (200, b"length")],
         )
         # the HEAD response (last: the test client's parser cannot tell it is one)
-        while not client.received.endswith(b"Content-Length: 4\r\n\r\n"):
+        while not client.received.endswith(b"Content-Length: 4\r\nConnection: keep-alive\r\n\r\n"):
             await sleep(0.01)
         self.assertEqual(backends[0].connections, 1)
 
