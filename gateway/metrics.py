@@ -187,8 +187,8 @@ class Metrics:
         count = min(len(addrs), len(times))
         i = 0
         while i < count:
-            text = times[i]
-            if text != "-":
+            entry = times[i]
+            if entry != "-":
                 addr = addrs[i]
                 histogram = latency.get(addr)
                 if histogram is None and addr != stats.upstream:
@@ -196,7 +196,8 @@ class Metrics:
                     # left the queue: not a peer)
                     histogram = latency[addr] = Histogram()
                 if histogram is not None:
-                    value = float(text)
+                    # the proxy records float seconds; other handlers may write text
+                    value = entry if entry.__class__ is float else float(entry)
                     histogram.counts[bisect_left(histogram.bounds, value)] += 1
                     histogram.sum += value
             i += 1

@@ -194,18 +194,35 @@ Handler = Callable[[Exchange], None]
 @dataclass
 class UpstreamState:
     """Per-request upstream bookkeeping for ``$upstream_*`` variables: one entry per
-    tried peer, in order."""
+    tried peer, in order.
+
+    An entry is text as it is printed (an address, ``"-"`` for a step a try never
+    reached, a status or a time written as text) or, as the proxy records them without
+    formatting per request, a number: a time as float seconds, a status or a byte count
+    as an int. :func:`upstream_text` prints either as nginx does.
+    """
 
     addrs: list[str] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    connect_times: list[str] = field(default_factory=list)
-    header_times: list[str] = field(default_factory=list)
-    response_times: list[str] = field(default_factory=list)
+    statuses: list = field(default_factory=list)
+    connect_times: list = field(default_factory=list)
+    header_times: list = field(default_factory=list)
+    response_times: list = field(default_factory=list)
     #: ``$upstream_queue_time`` (NGINX Plus): time spent in the group's ``queue``
-    #: before each try, "0.000" when it did not wait
-    queue_times: list[str] = field(default_factory=list)
+    #: before each try, 0 when it did not wait
+    queue_times: list = field(default_factory=list)
     #: ``$upstream_bytes_received`` / ``$upstream_bytes_sent``: bytes read from and
-    #: written to the peer for each try ("0" for a try that never connected); an
+    #: written to the peer for each try (0 for a try that never connected); an
     #: upgraded connection's tunnel bytes included
-    bytes_received: list[str] = field(default_factory=list)
-    bytes_sent: list[str] = field(default_factory=list)
+    bytes_received: list = field(default_factory=list)
+    bytes_sent: list = field(default_factory=list)
+
+
+def upstream_text(value) -> str:
+    """One :class:`UpstreamState` entry as nginx prints it: text as it is, seconds with
+    millisecond precision (never negative), integers in decimal."""
+    kind = value.__class__
+    if kind is str:
+        return value
+    if kind is float:
+        return "%.3f" % (value if value > 0.0 else 0.0)
+    return str(value)

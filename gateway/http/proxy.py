@@ -69,7 +69,7 @@ MSG_UNSOLICITED_101 = ("upstream sent \"101 Switching Protocols\" to a request "
                        "without Upgrade while reading response header from upstream")
 #: the pool key of a TLS connection is this prefix and the peer's name
 TLS_POOL_PREFIX = "https "
-_NOT_QUEUED = "0.000"   # $upstream_queue_time of a try that did not wait
+_NOT_QUEUED = 0.0   # $upstream_queue_time of a try that did not wait
 # statuses proxy_next_upstream can name, and whether a retry on them is a peer failure
 _STATUS_CONDITIONS = {
     500: ("http_500", Outcome.FAILED),
@@ -110,10 +110,6 @@ def trailer_fields(headers) -> list:
             continue
         kept.append((name, value))
     return kept
-
-
-def _ms(seconds: float) -> str:
-    return "%.3f" % max(seconds, 0.0)
 
 
 def proxy_host(proxy_pass) -> str:
@@ -256,7 +252,7 @@ class ProxyRequest:
         self.queued_at = self.clock.seconds()
         waiting.addCallbacks(self._dequeued, self._queue_failed)
 
-    def _use_lease(self, queue_time: str) -> None:
+    def _use_lease(self, queue_time: float) -> None:
         self.state.addrs.append(self.lease.peer.name)
         self.state.queue_times.append(queue_time)
         self._connect(allow_pooled=True)
@@ -269,7 +265,7 @@ class ProxyRequest:
             lease.release(Outcome.OK)
             return
         self.lease = lease
-        self._use_lease(_ms(self.clock.seconds() - self.queued_at))
+        self._use_lease(self.clock.seconds() - self.queued_at)
 
     def _queue_failed(self, failure) -> None:
         self.waiting = None
@@ -282,12 +278,12 @@ class ProxyRequest:
         else:
             log.failure("waiting in the queue of upstream {upstream} broke", failure,
                         upstream=self.h.group.name)
-        self._no_peer(_ms(self.clock.seconds() - self.queued_at))
+        self._no_peer(self.clock.seconds() - self.queued_at)
 
-    def _no_peer(self, queue_time: str) -> None:
+    def _no_peer(self, queue_time: float) -> None:
         """No peer for this try: one more $upstream_* entry naming the group, and 502."""
         self.state.addrs.append(self.h.group.name)
-        self.state.statuses.append("502")
+        self.state.statuses.append(502)
         self.state.queue_times.append(queue_time)
         self._align_state()
         self._fail_client(502)
@@ -321,7 +317,7 @@ class ProxyRequest:
             conn.close()
             return
         self.conn = conn
-        self.state.connect_times.append(_ms(self.clock.seconds() - self.try_start))
+        self.state.connect_times.append(self.clock.seconds() - self.try_start)
         self.request_sent = True
         trailers = () if self.body is None else trailer_fields(self.exchange.request_trailers)
         if self.request.has_body and not self.location.proxy_request_buffering:
@@ -372,8 +368,8 @@ class ProxyRequest:
         if self.done:
             return
         now = self.clock.seconds()
-        self.state.statuses.append(str(head.status))
-        self.state.header_times.append(_ms(now - self.try_start))
+        self.state.statuses.append(head.status)
+        self.state.header_times.append(now - self.try_start)
         if head.status == 101:
             self._switch_protocols(head)
             return
@@ -467,7 +463,7 @@ class ProxyRequest:
             self._close_conn()
             self._connect(allow_pooled=False)
             return
-        self.state.statuses.append("504" if error.kind == "timeout" else "502")
+        self.state.statuses.append(504 if error.kind == "timeout" else 502)
         self._record_response_time()
         self._end_attempt(Outcome.FAILED, close=True, error=message)
         if error.kind in self.location.proxy_next_upstream and self._may_retry(error.kind):
@@ -534,7 +530,7 @@ class ProxyRequest:
                        self.state.queue_times):
             values.extend("-" * (count - len(values)))
         for values in (self.state.bytes_received, self.state.bytes_sent):
-            values.extend("0" * (count - len(values)))
+            values.extend([0] * (count - len(values)))
 
     def _close_conn(self) -> None:
         conn, self.conn = self.conn, None
@@ -545,14 +541,14 @@ class ProxyRequest:
     def _record_response_time(self, conn=None) -> None:
         """The try's ``$upstream_response_time`` and byte counts (on ``conn``, by
         default the try's connection; none when it never connected)."""
-        self.state.response_times.append(_ms(self.clock.seconds() - self.try_start))
+        self.state.response_times.append(self.clock.seconds() - self.try_start)
         conn = conn or self.conn
         if conn is not None:
-            self.state.bytes_received.append(str(conn.bytes_received))
-            self.state.bytes_sent.append(str(conn.bytes_sent))
+            self.state.bytes_received.append(conn.bytes_received)
+            self.state.bytes_sent.append(conn.bytes_sent)
         else:
-            self.state.bytes_received.append("0")
-            self.state.bytes_sent.append("0")
+            self.state.bytes_received.append(0)
+            self.state.bytes_sent.append(0)
 
     # -- Upgrade -------------------------------------------------------------------
 
@@ -593,9 +589,9 @@ class ProxyRequest:
             log.error("{message} (upstream {peer}, request \"{method} {uri}\")",
                       message=MSG_IDLE_TIMEOUT, peer=self._peer_name(),
                       method=self.method, uri=self.request.target)
-        self.state.response_times.append(_ms(tunnel.ended - self.try_start))
-        self.state.bytes_received.append(str(tunnel.upstream_bytes_received))
-        self.state.bytes_sent.append(str(tunnel.upstream_bytes_sent))
+        self.state.response_times.append(tunnel.ended - self.try_start)
+        self.state.bytes_received.append(tunnel.upstream_bytes_received)
+        self.state.bytes_sent.append(tunnel.upstream_bytes_sent)
 
     def _tunnel_closed(self, tunnel: Tunnel) -> None:
         """Both connections are gone: the peer is free again. As in nginx
@@ -626,7 +622,7 @@ class ProxyRequest:
         if self.waiting is not None:
             # leave the group's queue: the entry names the group, with the time waited
             waiting, self.waiting = self.waiting, None
-            waited = _ms(self.clock.seconds() - self.queued_at)
+            waited = self.clock.seconds() - self.queued_at
             self.state.addrs.append(self.h.group.name)
             self.state.response_times.append(waited)
             self.state.queue_times.append(waited)

@@ -28,6 +28,8 @@ import socket
 import time
 from typing import Callable, Optional, Union
 
+from gateway.http.exchange import upstream_text
+
 __all__ = [
     "Template",
     "TemplateError",
@@ -173,7 +175,7 @@ def _upstream_list(attribute: str) -> Getter:
         state = ctx.exchange.variables.get("upstream")
         if state is None:
             return ""
-        return ", ".join(getattr(state, attribute))
+        return ", ".join([upstream_text(value) for value in getattr(state, attribute)])
     return get
 
 

@@ -93,13 +93,14 @@ class Recording(unittest.TestCase):
 
     def test_each_upstream_try_feeds_its_peers_response_time_histogram(self):
         """Tries without a response time ("-") and the group-name entry of "no live
-        upstreams" are not observations."""
+        upstreams" are not observations. Times come as float seconds (the proxy) or as
+        text (other handlers)."""
         m = self.metrics
         m.record(FakeExchange(self.main, 200, self.proxied,
-                              tries=[("127.0.0.1:8081", "-"), ("127.0.0.1:8082", "0.004")]))
+                              tries=[("127.0.0.1:8081", "-"), ("127.0.0.1:8082", 0.004)]))
         m.record(FakeExchange(self.main, 200, self.proxied,
                               tries=[("127.0.0.1:8082", "0.250")]))
-        m.record(FakeExchange(self.main, 502, self.proxied, tries=[("app", "0.000")]))
+        m.record(FakeExchange(self.main, 502, self.proxied, tries=[("app", 0.0)]))
         samples = families(m.render())
         peer = dict(upstream="app", peer="127.0.0.1:8082")
         buckets = samples["gateway_upstream_response_seconds_bucket"]

@@ -357,6 +357,19 @@ def test_upstream_variables_list_every_try():
                                 "-, 0.010|0.004, 0.012|MISS")
 
 
+def test_upstream_entries_recorded_as_numbers_print_as_nginx():
+    # the proxy records float seconds and int statuses and byte counts, unformatted
+    state = UpstreamState(addrs=["10.0.0.1:80", "10.0.0.2:80"], statuses=[502, 200],
+                          connect_times=[0.0004, 0.0025], header_times=["-", 0.01],
+                          response_times=[-0.0001, 12.3456], queue_times=[0.0, 1.5],
+                          bytes_received=[0, 1234], bytes_sent=[0, 87])
+    exchange = make_exchange(variables={"upstream": state})
+    assert render("$upstream_status|$upstream_connect_time|$upstream_header_time|"
+                  "$upstream_response_time|$upstream_queue_time|"
+                  "$upstream_bytes_received|$upstream_bytes_sent", exchange) == (
+        "502, 200|0.000, 0.003|-, 0.010|0.000, 12.346|0.000, 1.500|0, 1234|0, 87")
+
+
 def test_upstream_addr_names_the_group_when_no_peer_was_live():
     exchange = make_exchange(variables={"upstream": UpstreamState(addrs=["app"],
                                                                   statuses=["502"])})
