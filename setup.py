@@ -1,7 +1,8 @@
 """Build script: the metadata is in setup.cfg; this file only adds the compiled hot path.
 
 The modules a proxied request runs through (HTTP/1.1 and HTTP/2 protocols, the proxy,
-the upstream client and manager, the access log, metrics) are compiled with Cython from
+the upstream client and pool, upstream groups, peers and balancers, the reactor and
+transports, the access log, metrics) are compiled with Cython from
 their unchanged ``.py`` sources. Nothing in them is Cython-specific: with
 ``annotation_typing`` off, type annotations stay annotations, so the compiled modules
 behave exactly as the Python ones (same classes, same exceptions, the test suite runs
